@@ -1,0 +1,1 @@
+"""The device daemon: config, command server, reports (and, with the runtime, workloads)."""

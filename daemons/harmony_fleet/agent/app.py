@@ -1,0 +1,165 @@
+"""The agent daemon: connects, answers commands, reports info and heartbeats."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from nats.aio.client import Client as NatsClient
+from pydantic import BaseModel
+
+import harmony_fleet
+from harmony_fleet.bus import connect, drain
+from harmony_fleet.bus.credentials import CredentialProvider
+from harmony_fleet.contracts import (
+    DeviceInfo,
+    ErrorKind,
+    Heartbeat,
+    PingReply,
+    PingRequest,
+    Verb,
+    parse_request,
+)
+from harmony_fleet.contracts.base import utcnow
+from harmony_fleet.daemon import supervise
+
+from .commands import CommandFailed, CommandRequest, CommandServer
+from .config import AgentConfig
+from .inventory import collect_inventory
+from .reporter import Reporter
+
+log = logging.getLogger(__name__)
+
+
+class Agent:
+    """One device's agent. ``run(stop)`` returns when ``stop`` is set (or a root task fails)."""
+
+    def __init__(
+        self, config: AgentConfig, *, credentials: CredentialProvider | None = None
+    ) -> None:
+        self.config = config
+        self.device_id = config.agent.device_id
+        self.version = harmony_fleet.__version__
+        self._credentials = credentials
+        self._started_monotonic = time.monotonic()
+        self._started_at = utcnow()
+        self._republish_info = asyncio.Event()
+        self.ready = asyncio.Event()
+
+    def uptime_s(self) -> int:
+        return int(time.monotonic() - self._started_monotonic)
+
+    # ---- command handlers ------------------------------------------------------------
+    async def _ping(self, request: CommandRequest) -> BaseModel:
+        try:
+            parse_request(request.payload, PingRequest)
+        except ValueError as exc:
+            raise CommandFailed(ErrorKind.BAD_REQUEST, f"ping: {exc}") from exc
+        return PingReply(
+            device_id=self.device_id, agent_version=self.version, uptime_s=self.uptime_s()
+        )
+
+    def handlers(self) -> dict[Verb, Callable[[CommandRequest], Awaitable[BaseModel | None]]]:
+        return {Verb.PING: self._ping}
+
+    # ---- report loops ----------------------------------------------------------------
+    async def _every(
+        self,
+        what: str,
+        interval: float,
+        action: Callable[[], Awaitable[None]],
+        wake: asyncio.Event | None = None,
+    ) -> None:
+        """Run ``action`` now and every ``interval`` s (or when ``wake`` is set); never raise."""
+        while True:
+            try:
+                await action()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("%s failed: %s", what, exc, extra={"device": self.device_id})
+            if wake is None:
+                await asyncio.sleep(interval)
+                continue
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=interval)
+            except TimeoutError:
+                pass
+            wake.clear()
+
+    async def _publish_info(self, reporter: Reporter) -> None:
+        inventory = await collect_inventory(self.config.agent.runtime_enabled)
+        await reporter.info(
+            DeviceInfo(
+                device_id=self.device_id,
+                agent_version=self.version,
+                labels=self.config.agent.labels,
+                inventory=inventory,
+                runtime_enabled=self.config.agent.runtime_enabled,
+                started_at=self._started_at,
+                updated_at=utcnow(),
+            )
+        )
+
+    async def _publish_heartbeat(self, reporter: Reporter) -> None:
+        await reporter.heartbeat(
+            Heartbeat(
+                device_id=self.device_id,
+                timestamp=utcnow(),
+                uptime_s=self.uptime_s(),
+                agent_version=self.version,
+            )
+        )
+
+    # ---- lifecycle -------------------------------------------------------------------
+    async def _on_reconnect(self) -> None:
+        self._republish_info.set()
+
+    async def connect(self, stop: asyncio.Event) -> NatsClient:
+        return await connect(
+            self.config.nats,
+            name=f"fleet-agent {self.device_id}",
+            credentials=self._credentials,
+            inbox_prefix=f"_INBOX.{self.device_id}",
+            stop=stop,
+            reconnected_cb=self._on_reconnect,
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        nc = await self.connect(stop)
+        server = CommandServer(
+            nc,
+            self.device_id,
+            self.handlers(),
+            max_concurrent=self.config.agent.max_concurrent_commands,
+        )
+        reporter = Reporter(nc.jetstream(), self.device_id)
+        agent = self.config.agent
+        try:
+            await server.start()
+            self.ready.set()
+            log.info(
+                "agent %s %s running (runtime %s)", self.device_id, self.version,
+                "enabled" if agent.runtime_enabled else "disabled",
+                extra={"device": self.device_id},
+            )
+            await supervise(
+                {
+                    "heartbeat": self._every(
+                        "heartbeat", agent.heartbeat_interval_s,
+                        lambda: self._publish_heartbeat(reporter),
+                    ),
+                    "device-info": self._every(
+                        "device-info", agent.info_interval_s,
+                        lambda: self._publish_info(reporter), wake=self._republish_info,
+                    ),
+                },
+                stop,
+                shutdown_timeout=agent.shutdown_timeout_s,
+            )
+        finally:
+            await server.stop(timeout=agent.shutdown_timeout_s / 2)
+            await drain(nc, timeout=self.config.nats.drain_timeout_s)
+            log.info("agent %s stopped", self.device_id, extra={"device": self.device_id})

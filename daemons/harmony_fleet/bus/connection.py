@@ -1,0 +1,130 @@
+"""Connecting to NATS: first-connect retries with backoff, nats-py's reconnects, clean drain."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from itertools import chain, repeat
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NatsClient
+
+from .credentials import CredentialProvider, provider_from_settings
+from .settings import NatsSettings
+
+log = logging.getLogger(__name__)
+
+Callback = Callable[[], Awaitable[None]]
+
+
+class ConnectError(ConnectionError):
+    """The first connect did not succeed within the allowed attempts (or was stopped)."""
+
+
+def backoff(delays: list[float]) -> Iterator[float]:
+    """The delays in order, then the last one forever."""
+    if not delays:
+        return repeat(1.0)
+    return chain(delays, repeat(delays[-1]))
+
+
+async def connect(
+    settings: NatsSettings,
+    *,
+    name: str,
+    credentials: CredentialProvider | None = None,
+    inbox_prefix: str | None = None,
+    stop: asyncio.Event | None = None,
+    disconnected_cb: Callback | None = None,
+    reconnected_cb: Callback | None = None,
+    closed_cb: Callback | None = None,
+) -> NatsClient:
+    """Connect, retrying the first connect with the settings' backoff.
+
+    Raises :class:`ConnectError` when ``settings.connect_attempts`` is exhausted or ``stop``
+    is set while waiting. After the first success nats-py reconnects on its own, forever.
+    """
+    creds = credentials or provider_from_settings(settings.auth)
+    delays = backoff(settings.connect_backoff_s)
+    attempt = 0
+    limit = settings.connect_attempts
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats client error: %s", exc, extra={"client": name})
+
+    async def on_disconnect() -> None:
+        log.info("nats disconnected", extra={"client": name})
+        if disconnected_cb:
+            await disconnected_cb()
+
+    async def on_reconnect() -> None:
+        log.info("nats reconnected", extra={"client": name})
+        if reconnected_cb:
+            await reconnected_cb()
+
+    async def on_closed() -> None:
+        log.info("nats connection closed", extra={"client": name})
+        if closed_cb:
+            await closed_cb()
+
+    while True:
+        attempt += 1
+        options: dict[str, Any] = dict(
+            servers=settings.urls,
+            name=name,
+            connect_timeout=settings.connect_timeout_s,
+            reconnect_time_wait=settings.reconnect_wait_s,
+            max_reconnect_attempts=-1,
+            allow_reconnect=True,
+            drain_timeout=settings.drain_timeout_s,
+            error_cb=on_error,
+            disconnected_cb=on_disconnect,
+            reconnected_cb=on_reconnect,
+            closed_cb=on_closed,
+            **creds.connect_options(),
+        )
+        if inbox_prefix:
+            options["inbox_prefix"] = inbox_prefix
+        try:
+            nc = await nats.connect(**options)
+        except Exception as exc:  # nats-py raises a variety of types here
+            total = f"/{limit}" if limit else ""
+            if limit is not None and attempt >= limit:
+                raise ConnectError(
+                    f"could not connect to {', '.join(settings.urls)} as {creds.describe()} "
+                    f"after {attempt} attempt(s): {exc}"
+                ) from exc
+            delay = next(delays)
+            log.warning(
+                "connect attempt #%d%s to %s failed: %s; will retry in %.1fs",
+                attempt, total, ",".join(settings.urls), exc, delay,
+                extra={"client": name},
+            )
+            if stop is None:
+                await asyncio.sleep(delay)
+            else:
+                try:
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
+                except TimeoutError:
+                    continue
+                raise ConnectError("stopped while connecting") from exc
+            continue
+        log.info(
+            "connected to %s as %s", nc.connected_url.netloc if nc.connected_url else "?",
+            creds.describe(), extra={"client": name},
+        )
+        return nc
+
+
+async def drain(nc: NatsClient, timeout: float = 5.0) -> None:
+    """Drain (flush pending publishes, let subscriptions finish) then close; bounded."""
+    if nc.is_closed:
+        return
+    try:
+        await asyncio.wait_for(nc.drain(), timeout=timeout)
+    except Exception as exc:  # drain on a broken connection: closing is what matters
+        log.debug("drain failed (%s); closing", exc)
+    if not nc.is_closed:
+        await nc.close()

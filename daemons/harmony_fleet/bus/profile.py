@@ -1,0 +1,135 @@
+"""Where clients find NATS: explicit options, environment, or a connection file.
+
+A *connection file* is JSON or YAML holding a :class:`NatsSettings` document, either at the
+top level or under a ``connection`` key (the local stack's state file has that shape), e.g.::
+
+    {"urls": ["nats://nats.example.net:4222"],
+     "auth": {"mode": "userpass", "user": "admin", "password_file": "/root/.fleet/pw"}}
+
+Resolution order, highest first: explicit values, ``FLEET_NATS_URL`` / ``FLEET_NATS_USER`` /
+``FLEET_NATS_PASSWORD`` / ``FLEET_NATS_TOKEN``, the connection file (explicit, else
+``FLEET_CONNECTION_FILE``, else the local stack's state file if it exists).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from harmony_fleet.contracts import validation_summary
+
+from .settings import NatsSettings, NoAuth, TokenAuth, UserPasswordAuth
+
+ENV_URL = "FLEET_NATS_URL"
+ENV_USER = "FLEET_NATS_USER"
+ENV_PASSWORD = "FLEET_NATS_PASSWORD"  # noqa: S105 - the variable's name, not a secret
+ENV_TOKEN = "FLEET_NATS_TOKEN"  # noqa: S105
+ENV_CONNECTION_FILE = "FLEET_CONNECTION_FILE"
+
+
+class ConnectionConfigError(ValueError):
+    """No usable NATS connection could be assembled; the message says what is missing."""
+
+
+def load_connection_file(path: Path) -> NatsSettings:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConnectionConfigError(f"cannot read connection file {path}: {exc}") from exc
+    try:
+        data: Any = json.loads(text)
+    except ValueError:
+        import yaml
+
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConnectionConfigError(f"{path} is neither JSON nor YAML: {exc}") from exc
+    if isinstance(data, dict) and "connection" in data:
+        data = data["connection"]
+    if not isinstance(data, dict):
+        raise ConnectionConfigError(f"{path}: expected a mapping with 'urls' and 'auth'")
+    try:
+        return NatsSettings.model_validate(data)
+    except ValidationError as exc:
+        raise ConnectionConfigError(f"{path}: {validation_summary(exc)}") from exc
+
+
+def default_state_dir() -> Path:
+    """Where the local stack keeps its state file: ``$FLEET_STATE_DIR``, else
+    ``$XDG_STATE_HOME/harmony-fleet``, else ``~/.local/state/harmony-fleet``."""
+    explicit = os.environ.get("FLEET_STATE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "harmony-fleet"
+
+
+def default_state_file() -> Path:
+    return default_state_dir() / "stack.json"
+
+
+def _default_connection_file() -> Path | None:
+    explicit = os.environ.get(ENV_CONNECTION_FILE)
+    if explicit:
+        return Path(explicit)
+    candidate = default_state_file()
+    return candidate if candidate.exists() else None
+
+
+def resolve_settings(
+    *,
+    url: str | list[str] | None = None,
+    user: str | None = None,
+    password: str | None = None,
+    token: str | None = None,
+    connection_file: str | Path | None = None,
+    timeout: float | None = None,
+    use_environment: bool = True,
+) -> NatsSettings:
+    """Assemble :class:`NatsSettings` from the sources above (see module docstring)."""
+    env = os.environ if use_environment else {}
+    url = url or env.get(ENV_URL)
+    user = user or env.get(ENV_USER)
+    password = password or env.get(ENV_PASSWORD)
+    token = token or env.get(ENV_TOKEN)
+    if password and token:
+        raise ConnectionConfigError("give either a password or a token, not both")
+
+    base: NatsSettings | None = None
+    file = Path(connection_file) if connection_file else (
+        _default_connection_file() if use_environment else None
+    )
+    if file is not None:
+        base = load_connection_file(file)
+
+    if url is None and base is None:
+        raise ConnectionConfigError(
+            f"no NATS server given: set the url (or {ENV_URL}), a connection file "
+            f"(or {ENV_CONNECTION_FILE}), or start a local stack with 'fleet stack up'"
+        )
+    urls = ([url] if isinstance(url, str) else url) if url else base.urls  # type: ignore[union-attr]
+    urls = [u.strip() for item in urls for u in item.split(",") if u.strip()]
+
+    auth: UserPasswordAuth | TokenAuth | NoAuth
+    if token:
+        auth = TokenAuth(token=token)
+    elif user or password:
+        if not (user and password):
+            raise ConnectionConfigError("user and password go together")
+        auth = UserPasswordAuth(user=user, password=password)
+    elif base is not None:
+        auth = base.auth
+    else:
+        auth = NoAuth()
+
+    values: dict[str, Any] = {"urls": urls, "auth": auth, "connect_attempts": 1}
+    if base is not None:
+        values = base.model_dump(exclude={"urls", "auth"}) | values
+    if timeout is not None:
+        values["connect_timeout_s"] = timeout
+    return NatsSettings.model_validate(values)

@@ -1,0 +1,132 @@
+"""Request/reply commands on core NATS: ``device-commands.<device>.<verb>``.
+
+A request carries a JSON object (an empty body is the same as ``{}``) and these headers:
+
+* ``X-Harmony-Request-Id`` — a client-chosen id, echoed in the agent's logs;
+* ``X-Harmony-Deadline`` — Unix time in milliseconds after which the client has given up;
+  an agent drops requests it receives after their deadline;
+* ``X-Harmony-Operator-Sub`` — who asked (the OIDC ``sub`` of the human or service), for audit.
+
+A reply is either the verb's reply model (e.g. :class:`PingReply`) or an :class:`ErrorReply`
+``{"kind", "message"}``; :func:`parse_reply` tells them apart.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Final, TypeVar
+
+from pydantic import BaseModel, Field, ValidationError
+
+from .base import WireModel, validation_summary
+from .ids import DeviceId, InvalidIdError, validate_device_id
+
+COMMAND_SUBJECT_PREFIX: Final = "device-commands"
+HDR_REQUEST_ID: Final = "X-Harmony-Request-Id"
+HDR_DEADLINE: Final = "X-Harmony-Deadline"
+HDR_OPERATOR_SUB: Final = "X-Harmony-Operator-Sub"
+
+#: Largest request body an agent accepts.
+MAX_REQUEST_BYTES: Final = 64 * 1024
+
+
+class Verb(StrEnum):
+    """Command verbs an agent answers."""
+
+    PING = "ping"
+
+
+class ErrorKind(StrEnum):
+    BAD_REQUEST = "BadRequest"
+    NOT_FOUND = "NotFound"
+    FORBIDDEN = "Forbidden"
+    UNSUPPORTED = "Unsupported"
+    INTERNAL = "Internal"
+
+
+class CommandSubjectError(ValueError):
+    """A subject is not ``device-commands.<device>.<verb>``."""
+
+
+def device_command_subject(device_id: str, verb: Verb | str) -> str:
+    """``device-commands.<device>.<verb>``."""
+    return f"{COMMAND_SUBJECT_PREFIX}.{validate_device_id(device_id)}.{Verb(verb).value}"
+
+
+def device_command_subscription(device_id: str) -> str:
+    """What an agent subscribes to: ``device-commands.<device>.>``."""
+    return f"{COMMAND_SUBJECT_PREFIX}.{validate_device_id(device_id)}.>"
+
+
+def parse_command_subject(subject: str) -> tuple[str, str]:
+    """Return ``(device_id, verb)``; the verb is returned as-is, even if unknown."""
+    parts = subject.split(".")
+    if len(parts) != 3 or parts[0] != COMMAND_SUBJECT_PREFIX:
+        raise CommandSubjectError(
+            f"subject {subject!r} is not '{COMMAND_SUBJECT_PREFIX}.<device>.<verb>'"
+        )
+    try:
+        device = validate_device_id(parts[1])
+    except InvalidIdError as exc:
+        raise CommandSubjectError(f"subject {subject!r}: {exc}") from exc
+    return device, parts[2]
+
+
+class PingRequest(WireModel):
+    """``ping`` takes no arguments; unknown fields are ignored for forward compatibility."""
+
+
+class PingReply(WireModel):
+    device_id: DeviceId
+    agent_version: str
+    uptime_s: int = Field(ge=0, description="Whole seconds since the agent started")
+
+
+class ErrorReply(WireModel):
+    kind: ErrorKind
+    message: str
+
+
+class ReplyDecodeError(ValueError):
+    """A reply is neither the expected model nor an :class:`ErrorReply`."""
+
+
+ReplyT = TypeVar("ReplyT", bound=BaseModel)
+
+
+def parse_reply(payload: bytes, model: type[ReplyT]) -> ReplyT | ErrorReply:
+    """Decode a reply body into ``model`` or an :class:`ErrorReply`."""
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ReplyDecodeError(f"reply is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ReplyDecodeError(f"reply is not a JSON object: {payload[:80]!r}")
+    if "kind" in data and "message" in data:
+        try:
+            return ErrorReply.model_validate(data)
+        except ValidationError as exc:
+            raise ReplyDecodeError(f"malformed error reply: {exc}") from exc
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ReplyDecodeError(f"reply does not match {model.__name__}: {exc}") from exc
+
+
+def parse_request(payload: bytes, model: type[ReplyT]) -> ReplyT:
+    """Decode a request body (empty means ``{}``); raise ``ValueError`` with a clear reason."""
+    if len(payload) > MAX_REQUEST_BYTES:
+        raise ValueError(f"request body is {len(payload)} bytes; the limit is {MAX_REQUEST_BYTES}")
+    if not payload.strip():
+        return model.model_validate({})
+    try:
+        data = json.loads(payload)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"request body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ValueError("request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise ValueError(validation_summary(exc)) from exc

@@ -1,0 +1,128 @@
+"""What every long-running process here shares: logging, the stop flag, task supervision and
+the metrics endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+from collections.abc import Coroutine, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# LogRecord attributes that are not user context.
+_STANDARD_ATTRS = set(
+    logging.LogRecord("", 0, "", 0, "", None, None).__dict__
+) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message and every ``extra`` field."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in _STANDARD_ATTRS and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class ContextFormatter(logging.Formatter):
+    """Human format with the ``extra`` context appended as ``key=value``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        base = super().format(record)
+        ctx = " ".join(
+            f"{k}={v}"
+            for k, v in record.__dict__.items()
+            if k not in _STANDARD_ATTRS and not k.startswith("_")
+        )
+        return f"{base} {ctx}" if ctx else base
+
+
+def setup_logging(level: str = "info", json_logs: bool = False) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if json_logs:
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(ContextFormatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # nats-py logs every reconnect attempt at error level; our callbacks say it better.
+    logging.getLogger("nats.aio.client").setLevel(logging.CRITICAL)
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """SIGTERM and SIGINT set ``stop`` (the one stop flag); a second signal is ignored."""
+    loop = asyncio.get_running_loop()
+
+    def _on_signal(sig: signal.Signals) -> None:
+        if not stop.is_set():
+            log.info("received %s, stopping", sig.name)
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, sig)
+
+
+async def supervise(
+    tasks: Mapping[str, Coroutine[Any, Any, Any]],
+    stop: asyncio.Event,
+    *,
+    shutdown_timeout: float = 10.0,
+) -> None:
+    """Run named root tasks until ``stop`` is set or one of them ends.
+
+    The first task to finish (or fail) stops the rest; cancellation is bounded by
+    ``shutdown_timeout``. A failure is logged and re-raised after cleanup.
+    """
+    running = {asyncio.create_task(coro, name=name): name for name, coro in tasks.items()}
+    stopper = asyncio.create_task(stop.wait(), name="stop-flag")
+    done, _ = await asyncio.wait([*running, stopper], return_when=asyncio.FIRST_COMPLETED)
+    failure: BaseException | None = None
+    for task in done:
+        if task is stopper:
+            continue
+        if task.cancelled():
+            continue
+        exc = task.exception()
+        if exc is not None:
+            log.error("task %s failed: %r", running[task], exc, exc_info=exc)
+            failure = failure or exc
+        else:
+            log.info("task %s finished; stopping the others", running[task])
+    stop.set()
+    pending = [t for t in running if not t.done()]
+    for task in pending:
+        task.cancel()
+    if pending:
+        _, still = await asyncio.wait(pending, timeout=shutdown_timeout)
+        for task in still:
+            log.error("task %s did not stop within %.0fs", task.get_name(), shutdown_timeout)
+    stopper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stopper
+    if failure is not None:
+        raise failure
+
+
+def start_metrics_server(listen: str) -> None:
+    """Serve Prometheus metrics on ``host:port`` (in a daemon thread)."""
+    from prometheus_client import start_http_server
+
+    host, _, port = listen.rpartition(":")
+    start_http_server(int(port), addr=host or "127.0.0.1")
+    log.info("metrics on http://%s:%s/metrics", host or "127.0.0.1", port)
