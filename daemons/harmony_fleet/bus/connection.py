@@ -77,7 +77,10 @@ async def connect(
             connect_timeout=settings.connect_timeout_s,
             reconnect_time_wait=settings.reconnect_wait_s,
             max_reconnect_attempts=-1,
-            allow_reconnect=True,
+            # nats-py retries a failing *first* connect forever when reconnects are allowed;
+            # we want our own bounded, logged backoff there, so reconnects are switched on
+            # only once connected (below).
+            allow_reconnect=False,
             drain_timeout=settings.drain_timeout_s,
             error_cb=on_error,
             disconnected_cb=on_disconnect,
@@ -111,6 +114,7 @@ async def connect(
                     continue
                 raise ConnectError("stopped while connecting") from exc
             continue
+        nc.options["allow_reconnect"] = True
         log.info(
             "connected to %s as %s", nc.connected_url.netloc if nc.connected_url else "?",
             creds.describe(), extra={"client": name},

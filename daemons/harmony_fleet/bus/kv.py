@@ -75,3 +75,19 @@ async def ensure_buckets(js: JetStreamContext, replicas: int = 1) -> list[Bucket
     """Create/verify all four fleet buckets (idempotent)."""
     return [await ensure_bucket(js, spec, replicas) for spec in BUCKETS]
 
+
+
+async def read_bucket(js: JetStreamContext, bucket: str, keys: str = ">") -> dict[str, bytes]:
+    """Current value of every key matching ``keys`` (deleted keys omitted), in one pass."""
+    kv = await js.key_value(bucket)
+    values: dict[str, bytes] = {}
+    watcher = await kv.watch(keys, ignore_deletes=True)
+    try:
+        async for entry in watcher:
+            if entry is None:  # end of the initial values
+                break
+            if entry.value is not None:
+                values[entry.key] = bytes(entry.value)
+    finally:
+        await watcher.stop()
+    return values
