@@ -130,4 +130,6 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 self.inventory.set_variable(device_id, name, value)
             self._set_composite_vars(self.get_option("compose"), hostvars, device_id, strict=strict)
             self._add_host_to_composed_groups(self.get_option("groups"), hostvars, device_id, strict=strict)
-            self._add_host_to_keyed_groups(self.get_option("keyed_groups"), hostvars, device_id, strict=strict)
+            self._add_host_to_keyed_groups(
+                self.get_option("keyed_groups"), hostvars, device_id, strict=strict
+            )

@@ -91,14 +91,14 @@ class FleetActionBase(ActionBase):
                 connection_file=args["connection_file"],
             )
         except (ConnectionConfigError, ValueError) as exc:
-            raise FleetError("ConnectionConfig", str(exc))
+            raise FleetError("ConnectionConfig", str(exc)) from exc
         try:
             if args["persistent"]:
                 answer = broker.call(settings, op, op_args, timeout=args["timeout"] + 30)
             else:
                 answer = broker.call_direct(settings, op, op_args)
         except broker.BrokerError as exc:
-            raise FleetError(exc.type, str(exc))
+            raise FleetError(exc.type, str(exc)) from exc
         if not answer.get("ok"):
             error = answer.get("error") or {}
             raise FleetError(error.get("type", "Error"), error.get("message", "unknown error"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -83,10 +84,8 @@ class Agent:
             if wake is None:
                 await asyncio.sleep(interval)
                 continue
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(wake.wait(), timeout=interval)
-            except TimeoutError:
-                pass
             wake.clear()
 
     async def _publish_info(self, reporter: Reporter) -> None:

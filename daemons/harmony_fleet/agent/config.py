@@ -110,7 +110,7 @@ class AgentConfig(BaseSettings):
         """Read ``path`` (TOML), apply environment overrides, validate."""
         if not path.is_file():
             raise ConfigError(f"{path}: no such config file")
-        bound = type(cls.__name__, (cls,), {"_toml_file": path})
+        bound: type[AgentConfig] = type(cls.__name__, (cls,), {"_toml_file": path})
         try:
             return bound(**overrides)
         except ValidationError as exc:

@@ -202,7 +202,8 @@ def _spawn(settings: NatsSettings, path: Path, idle: float) -> None:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
             start_new_session=True,
         )
-    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdin is not None
+    assert proc.stdout is not None
     proc.stdin.write(json.dumps(_settings_doc(settings)).encode())
     proc.stdin.close()
     status = proc.stdout.readline().decode().strip()

@@ -51,7 +51,13 @@ async def connect(
     attempt = 0
     limit = settings.connect_attempts
 
+    # errors seen during the first connect; reported once per attempt, not per socket error
+    first_connect_errors: list[Exception] = []
+
     async def on_error(exc: Exception) -> None:
+        if not connected:
+            first_connect_errors.append(exc)
+            return
         log.warning("nats client error: %s", exc, extra={"client": name})
 
     async def on_disconnect() -> None:
@@ -69,17 +75,20 @@ async def connect(
         if closed_cb:
             await closed_cb()
 
+    connected = False
     while True:
         attempt += 1
+        first_connect_errors.clear()
         options: dict[str, Any] = dict(
             servers=settings.urls,
             name=name,
             connect_timeout=settings.connect_timeout_s,
-            reconnect_time_wait=settings.reconnect_wait_s,
-            max_reconnect_attempts=-1,
-            # nats-py retries a failing *first* connect forever when reconnects are allowed;
-            # we want our own bounded, logged backoff there, so reconnects are switched on
-            # only once connected (below).
+            # nats-py's own server selection loops forever on a failing *first* connect
+            # when reconnect attempts are unlimited. We want our own bounded, logged backoff
+            # there, so the first connect tries each server at most twice, without waiting,
+            # and unlimited reconnects are switched on once connected (below).
+            reconnect_time_wait=0,
+            max_reconnect_attempts=1,
             allow_reconnect=False,
             drain_timeout=settings.drain_timeout_s,
             error_cb=on_error,
@@ -92,13 +101,15 @@ async def connect(
             options["inbox_prefix"] = inbox_prefix
         try:
             nc = await nats.connect(**options)
-        except Exception as exc:  # nats-py raises a variety of types here
+        except Exception as raised:  # nats-py raises a variety of types here
+            # "no servers available" hides the cause: report the last socket/auth error
+            exc = first_connect_errors[-1] if first_connect_errors else raised
             total = f"/{limit}" if limit else ""
             if limit is not None and attempt >= limit:
                 raise ConnectError(
                     f"could not connect to {', '.join(settings.urls)} as {creds.describe()} "
                     f"after {attempt} attempt(s): {exc}"
-                ) from exc
+                ) from raised
             delay = next(delays)
             log.warning(
                 "connect attempt #%d%s to %s failed: %s; will retry in %.1fs",
@@ -112,9 +123,14 @@ async def connect(
                     await asyncio.wait_for(stop.wait(), timeout=delay)
                 except TimeoutError:
                     continue
-                raise ConnectError("stopped while connecting") from exc
+                raise ConnectError("stopped while connecting") from raised
             continue
-        nc.options["allow_reconnect"] = True
+        connected = True
+        nc.options.update(
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=settings.reconnect_wait_s,
+        )
         log.info(
             "connected to %s as %s", nc.connected_url.netloc if nc.connected_url else "?",
             creds.describe(), extra={"client": name},

@@ -89,5 +89,5 @@ async def read_bucket(js: JetStreamContext, bucket: str, keys: str = ">") -> dic
             if entry.value is not None:
                 values[entry.key] = bytes(entry.value)
     finally:
-        await watcher.stop()
+        await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it unannotated
     return values

@@ -138,7 +138,7 @@ class DeviceStatus(K8sModel):
 
 
 class Deployment(K8sModel):
-    api_version: Literal["fleet.nationtech.io/v1alpha1"] = API_VERSION
+    api_version: Literal["fleet.nationtech.io/v1alpha1"] = "fleet.nationtech.io/v1alpha1"
     kind: Literal["Deployment"] = "Deployment"
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: DeploymentSpec
@@ -146,7 +146,7 @@ class Deployment(K8sModel):
 
 
 class Device(K8sModel):
-    api_version: Literal["fleet.nationtech.io/v1alpha1"] = API_VERSION
+    api_version: Literal["fleet.nationtech.io/v1alpha1"] = "fleet.nationtech.io/v1alpha1"
     kind: Literal["Device"] = "Device"
     metadata: dict[str, Any] = Field(default_factory=dict)
     spec: DeviceSpec = Field(default_factory=DeviceSpec)

@@ -227,7 +227,8 @@ class LocalStack:
         if mode == "subprocess":
             handle.log_file = config_file.parent / "agent.log"
             with handle.log_file.open("ab") as out:
-                handle.process = subprocess.Popen(
+                # Popen, not asyncio's: with --keep the agents outlive this event loop
+                handle.process = subprocess.Popen(  # noqa: ASYNC220
                     [sys.executable, "-m", "harmony_fleet.agent.main", "--config",
                      str(config_file)],
                     stdout=out,
