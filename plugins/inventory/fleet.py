@@ -34,7 +34,7 @@ options:
     type: bool
     default: false
 author:
-  - Harmony Fleet maintainers
+  - Harmony Fleet maintainers (@nationtech)
 """
 
 EXAMPLES = r"""

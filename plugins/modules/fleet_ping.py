@@ -24,6 +24,7 @@ options:
 extends_documentation_fragment:
   - harmony.fleet.nats
   - ansible.builtin.action_common_attributes
+  - ansible.builtin.action_common_attributes.flow
 attributes:
   action:
     support: full
@@ -35,8 +36,8 @@ attributes:
     support: full
     details: Read-only; it pings in check mode too.
   diff_mode:
-    support: none
-    details: Nothing changes, so there is nothing to diff.
+    support: N/A
+    details: Read-only; it never reports a change, so there is never a diff.
   platform:
     platforms: all
     details: Runs on the controller; the device only needs its agent connected to NATS.
@@ -45,7 +46,7 @@ seealso:
     description: The local stack, inventories and how to ping.
     link: https://example.invalid/harmony/fleet#ping
 author:
-  - Harmony Fleet maintainers
+  - Harmony Fleet maintainers (@nationtech)
 """
 
 EXAMPLES = r"""

@@ -70,9 +70,9 @@ class FleetActionBase(ActionBase):
         spec = dict(NATS_ARG_SPEC)
         spec.update(self.ARGUMENT_SPEC)
         given = set(self._task.args)
-        _, args = self.validate_argument_spec(
+        args = self.validate_argument_spec(
             argument_spec=spec, mutually_exclusive=NATS_MUTUALLY_EXCLUSIVE
-        )
+        )[1]
         for arg, var in HOST_VARS.items():
             if arg not in given:
                 value = self._host_var(task_vars, var)

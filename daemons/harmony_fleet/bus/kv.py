@@ -76,7 +76,6 @@ async def ensure_buckets(js: JetStreamContext, replicas: int = 1) -> list[Bucket
     return [await ensure_bucket(js, spec, replicas) for spec in BUCKETS]
 
 
-
 async def read_bucket(js: JetStreamContext, bucket: str, keys: str = ">") -> dict[str, bytes]:
     """Current value of every key matching ``keys`` (deleted keys omitted), in one pass."""
     kv = await js.key_value(bucket)

@@ -315,5 +315,12 @@ def crd_manifests() -> dict[str, dict[str, Any]]:
 def render_crd_yaml(manifest: dict[str, Any]) -> str:
     import yaml
 
+    class _IndentedDumper(yaml.SafeDumper):
+        """Indent block sequences under their key (yamllint's and ansible-lint's style)."""
+
+        def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
+            super().increase_indent(flow, False)
+
     header = "# Generated from harmony_fleet.contracts.crd by `fleet crds --write`. Do not edit.\n"
-    return header + "---\n" + yaml.safe_dump(manifest, sort_keys=False, width=100)
+    body = yaml.dump(manifest, Dumper=_IndentedDumper, sort_keys=False, width=100)
+    return header + "---\n" + body

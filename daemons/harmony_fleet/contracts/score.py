@@ -141,4 +141,3 @@ class PodmanScore(StrictWireModel):
 
     def spec_hash(self) -> str:
         return spec_hash(self)
-

@@ -1,0 +1,94 @@
+"""pytest fixtures built on the same stack harness as ``fleet stack up``.
+
+Load it from a ``conftest.py`` with ``pytest_plugins = ["harmony_fleet.testing.pytest_plugin"]``.
+
+* ``fleet_server`` (session): one real nats-server with JetStream and the fleet buckets.
+* ``fleet_stack`` (test): a :class:`LocalStack` on that server; the agents a test adds are
+  stopped when it ends. Tests isolate themselves by device id, not by server.
+* ``device_id`` (test): a fresh, valid, unique device id derived from the test name.
+* ``admin_nc`` / ``fleet_client``: an admin NATS connection and a command client on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from harmony_fleet.bus import FleetCommandsClient, drain
+from harmony_fleet.natsconf import StaticUser
+
+from .nats_server import NatsServer
+from .stack import LocalStack
+
+
+@dataclass(frozen=True)
+class SharedServer:
+    """What the session-wide server hands to each test's stack."""
+
+    workdir: Path
+    server: NatsServer
+    admin: StaticUser
+    device_user: StaticUser
+
+    def stack(self) -> LocalStack:
+        return LocalStack(self.workdir, self.server, self.admin, self.device_user,
+                          owns_server=False)
+
+
+@pytest.fixture(scope="session")
+def fleet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedServer]:
+    workdir = tmp_path_factory.mktemp("fleet-server")
+    server, admin, device_user = LocalStack.new_server(workdir)
+    shared = SharedServer(workdir, server, admin, device_user)
+    try:
+        asyncio.run(shared.stack().ensure_buckets())
+        yield shared
+    finally:
+        server.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture
+async def fleet_stack(fleet_server: SharedServer) -> AsyncIterator[LocalStack]:
+    stack = fleet_server.stack()
+    try:
+        yield stack
+    finally:
+        await stack.down()
+
+
+_NOT_DNS = re.compile(r"[^a-z0-9-]+")
+
+
+def unique_device_id(hint: str) -> str:
+    """A DNS-1123 label made from ``hint`` plus random hex; never reused."""
+    stem = _NOT_DNS.sub("-", hint.lower()).strip("-")[:40].strip("-") or "dev"
+    return f"{stem}-{secrets.token_hex(4)}"
+
+
+@pytest.fixture
+def device_id(request: pytest.FixtureRequest) -> str:
+    name = request.node.name.removeprefix("test_")
+    return unique_device_id(name)
+
+
+@pytest.fixture
+async def admin_nc(fleet_stack: LocalStack) -> AsyncIterator[NatsClient]:
+    nc = await fleet_stack.admin_connect("pytest-admin")
+    try:
+        yield nc
+    finally:
+        await drain(nc)
+
+
+@pytest.fixture
+def fleet_client(admin_nc: NatsClient) -> FleetCommandsClient:
+    return FleetCommandsClient(admin_nc, timeout=5.0)

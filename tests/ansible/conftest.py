@@ -1,0 +1,77 @@
+"""Run the real ``fleet`` CLI and ``ansible`` against a stack started by ``fleet stack up``."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class CliStack:
+    env: dict[str, str]
+    state_file: Path
+    state: dict[str, Any]
+
+    def ansible(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "ansible"), *args], cwd=REPO, env=self.env, capture_output=True,
+            text=True, timeout=120, check=check,
+        )
+
+    def adhoc_results(self, *args: str) -> dict[str, dict[str, Any]]:
+        """Run an ad-hoc command with the json callback; host -> result."""
+        proc = self.ansible(*args)
+        try:
+            doc = json.loads(proc.stdout)
+        except json.JSONDecodeError:
+            pytest.fail(f"ansible printed no JSON (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        return {host: res for play in doc["plays"] for task in play["tasks"]
+                for host, res in task["hosts"].items()}
+
+
+def cli_env(state_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "ANSIBLE_"))}
+    env.update(
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        FLEET_STATE_DIR=str(state_dir),
+        XDG_RUNTIME_DIR=str(state_dir / "run"),
+        ANSIBLE_CONFIG=str(REPO / "ansible.cfg"),
+        ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+        ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+        ANSIBLE_NOCOLOR="1",
+        ANSIBLE_LOCAL_TEMP=str(state_dir / "ansible-tmp"),
+    )
+    return env
+
+
+@pytest.fixture(scope="module")
+def cli_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliStack]:
+    state_dir = tmp_path_factory.mktemp("cli-stack")
+    (state_dir / "run").mkdir(mode=0o700)
+    env = cli_env(state_dir)
+    up = subprocess.run(
+        [str(BIN / "fleet"), "stack", "up", "--devices", "2", "--no-runtime", "--keep", "--json",
+         "--label", "site=lab"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert up.returncode == 0, up.stderr
+    state = json.loads(up.stdout)
+    state_file = state_dir / "stack.json"
+    assert state_file.is_file()
+    try:
+        yield CliStack(env, state_file, state)
+    finally:
+        down = subprocess.run([str(BIN / "fleet"), "stack", "down"], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stderr

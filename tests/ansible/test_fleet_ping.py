@@ -1,0 +1,112 @@
+"""``ansible -m harmony.fleet.fleet_ping`` and the fleet inventory against ``fleet stack up``."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from typing import Any
+
+from .conftest import BIN, REPO, CliStack
+
+
+def test_stack_up_json_names_everything_a_developer_needs(cli_stack: CliStack) -> None:
+    state = cli_stack.state
+    assert state["nats_url"].startswith("nats://127.0.0.1:")
+    assert state["connection"]["auth"]["mode"] == "userpass"
+    assert [d["device_id"] for d in state["devices"]] == ["local-0", "local-1"]
+    assert state["startup_s"] > 0
+    on_disk = json.loads(cli_stack.state_file.read_text())
+    assert on_disk == {k: v for k, v in state.items() if k != "startup_s"}
+    assert oct(cli_stack.state_file.stat().st_mode & 0o777) == "0o600"
+
+
+def plain(value: Any) -> Any:
+    """Drop ansible-inventory's ``{"__ansible_unsafe": ...}`` wrappers."""
+    if isinstance(value, dict):
+        if set(value) == {"__ansible_unsafe"}:
+            return value["__ansible_unsafe"]
+        return {plain(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
+def test_inventory_lists_stack_devices_with_groups(cli_stack: CliStack) -> None:
+    out = subprocess.run(
+        [str(BIN / "ansible-inventory"), "-i", "inventories/local", "--list"],
+        cwd=REPO, env=cli_stack.env, capture_output=True, text=True, timeout=60, check=True,
+    )
+    inv = json.loads(out.stdout)
+    assert sorted(inv["fleet"]["hosts"]) == ["local-0", "local-1"]
+    assert sorted(inv["fleet_online"]["hosts"]) == ["local-0", "local-1"]
+    assert sorted(inv["label_site_lab"]["hosts"]) == ["local-0", "local-1"]
+    hostvars = plain(inv["_meta"]["hostvars"]["local-0"])
+    assert hostvars["fleet_device_id"] == "local-0"
+    assert hostvars["fleet_labels"] == {"site": "lab"}
+    assert hostvars["fleet_runtime_enabled"] is False
+
+
+def test_adhoc_ping_live_devices(cli_stack: CliStack) -> None:
+    results = cli_stack.adhoc_results("-i", "inventories/local", "all", "-m",
+                                      "harmony.fleet.fleet_ping")
+    assert sorted(results) == ["local-0", "local-1"]
+    for host, res in results.items():
+        assert res.get("failed") is not True, res
+        assert res["ping"] == "pong"
+        assert res["changed"] is False
+        assert res["reply"]["device_id"] == host
+        assert set(res["reply"]) == {"device_id", "agent_version", "uptime_s"}
+
+
+def test_adhoc_ping_unknown_host_is_offline(cli_stack: CliStack) -> None:
+    # a static inventory: the connection comes from the stack's state file all the same
+    started = time.monotonic()
+    results = cli_stack.adhoc_results("-i", "ghost-1,local-0,", "all", "-c", "local", "-m",
+                                      "harmony.fleet.fleet_ping")
+    assert results["local-0"]["ping"] == "pong"
+    ghost = results["ghost-1"]
+    assert ghost["failed"] is True
+    assert ghost["error"] == "DeviceOffline"
+    assert "device ghost-1 is offline" in ghost["msg"]
+    assert time.monotonic() - started < 30
+
+
+def test_adhoc_ping_device_id_argument_and_check_mode(cli_stack: CliStack) -> None:
+    results = cli_stack.adhoc_results(
+        "-i", "alias,", "all", "-c", "local", "--check", "-m", "harmony.fleet.fleet_ping",
+        "-a", "device_id=local-1",
+    )
+    assert results["alias"]["device_id"] == "local-1"
+    assert results["alias"]["ping"] == "pong"
+
+
+def test_adhoc_ping_bad_credentials_fail_cleanly_without_leaking(cli_stack: CliStack) -> None:
+    results = cli_stack.adhoc_results(
+        "-i", "local-0,", "all", "-c", "local", "-m", "harmony.fleet.fleet_ping",
+        "-a", f"nats_url={cli_stack.state['nats_url']} nats_user=admin "
+              "nats_password=wrong-secret-value",
+    )
+    res = results["local-0"]
+    assert res["failed"] is True
+    assert "wrong-secret-value" not in json.dumps(res)
+
+
+def test_adhoc_ping_after_agent_stops_reports_offline(cli_stack: CliStack) -> None:
+    # last in this module: it stops local-1 for good
+    pid = next(d["pid"] for d in cli_stack.state["devices"] if d["device_id"] == "local-1")
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    results = cli_stack.adhoc_results("-i", "inventories/local", "all", "-m",
+                                      "harmony.fleet.fleet_ping")
+    assert results["local-0"]["ping"] == "pong"
+    assert results["local-1"]["failed"] is True
+    assert "offline" in results["local-1"]["msg"]

@@ -1,0 +1,1 @@
+pytest_plugins = ["harmony_fleet.testing.pytest_plugin"]
