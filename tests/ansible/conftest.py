@@ -63,7 +63,7 @@ def cli_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliStack]:
     up = subprocess.run(
         [str(BIN / "fleet"), "stack", "up", "--devices", "2", "--no-runtime", "--keep", "--json",
          "--label", "site=lab"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     assert up.returncode == 0, up.stderr
     state = json.loads(up.stdout)
@@ -72,6 +72,6 @@ def cli_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliStack]:
     try:
         yield CliStack(env, state_file, state)
     finally:
-        down = subprocess.run([str(BIN / "fleet"), "stack", "down"], cwd=REPO, env=env,
+        down = subprocess.run([str(BIN / "fleet"), "stack", "down"], cwd=REPO, env=env, check=False,
                               capture_output=True, text=True, timeout=120)
         assert down.returncode == 0, down.stderr

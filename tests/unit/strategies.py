@@ -5,7 +5,12 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from hypothesis import settings
 from hypothesis import strategies as st
+
+#: Property-test settings: enough examples to matter, reproducible run to run (derandomized, no
+#: example database written into the repository), no per-example deadline.
+PROPERTY = settings(max_examples=200, deadline=None, database=None, derandomize=True)
 
 #: A DNS-1123 label, 1..63 characters. ``\A``/``\Z`` and ``fullmatch`` so no trailing newline
 #: sneaks in (Python's ``$`` would allow one).
@@ -29,12 +34,12 @@ json_scalars = st.one_of(
 json_values = st.recursive(
     json_scalars,
     lambda children: st.one_of(
-        st.lists(children, max_size=5),
-        st.dictionaries(st.text(max_size=10), children, max_size=6),
+        st.lists(children, max_size=4),
+        st.dictionaries(st.text(max_size=8), children, max_size=4),
     ),
-    max_leaves=30,
+    max_leaves=12,
 )
-json_objects = st.dictionaries(st.text(max_size=10), json_values, min_size=1, max_size=8)
+json_objects = st.dictionaries(st.text(max_size=10), json_values, min_size=1, max_size=6)
 
 
 def reorder(value: Any, rnd: random.Random) -> Any:

@@ -1,4 +1,9 @@
-"""The agent daemon: connects, answers commands, reports info and heartbeats."""
+"""The agent daemon: connects, answers commands, runs workloads, reports what it does.
+
+Root tasks (one stop flag, see :func:`harmony_fleet.daemon.supervise`): heartbeat, device-info,
+and, with the runtime enabled, the desired-state watch and the reconciler. Stopping the agent
+never stops the workloads: containers keep running and are adopted by the next agent.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from nats.aio.client import Client as NatsClient
 from pydantic import BaseModel
@@ -29,7 +35,11 @@ from harmony_fleet.daemon import supervise
 from .commands import CommandFailed, CommandRequest, CommandServer
 from .config import AgentConfig
 from .inventory import collect_inventory
+from .reconciler import Reconciler, ReconcilerSettings
 from .reporter import Reporter
+from .runtime import PodmanRuntime
+from .watch import DesiredEntry, DesiredStateWatcher
+from .workload_commands import WorkloadCommands, runtime_disabled
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +58,10 @@ class Agent:
         self._started_at = utcnow()
         self._republish_info = asyncio.Event()
         self.ready = asyncio.Event()
+        self.runtime = PodmanRuntime(config.runtime.podman) if config.agent.runtime_enabled \
+            else None
+        self.watcher: DesiredStateWatcher | None = None
+        self.reconciler: Reconciler | None = None
 
     def uptime_s(self) -> int:
         return int(time.monotonic() - self._started_monotonic)
@@ -63,7 +77,10 @@ class Agent:
         )
 
     def handlers(self) -> dict[Verb, Callable[[CommandRequest], Awaitable[BaseModel | None]]]:
-        return {Verb.PING: self._ping}
+        if self.runtime is None:
+            return {Verb.PING: self._ping, Verb.LOGS: runtime_disabled, Verb.EXEC: runtime_disabled}
+        workload = WorkloadCommands(self.device_id, self.runtime, self.config.exec)
+        return {Verb.PING: self._ping, Verb.LOGS: workload.logs, Verb.EXEC: workload.exec}
 
     # ---- report loops ----------------------------------------------------------------
     async def _every(
@@ -89,7 +106,7 @@ class Agent:
             wake.clear()
 
     async def _publish_info(self, reporter: Reporter) -> None:
-        inventory = await collect_inventory(self.config.agent.runtime_enabled)
+        inventory = await collect_inventory(self.runtime)
         await reporter.info(
             DeviceInfo(
                 device_id=self.device_id,
@@ -115,6 +132,34 @@ class Agent:
     # ---- lifecycle -------------------------------------------------------------------
     async def _on_reconnect(self) -> None:
         self._republish_info.set()
+        if self.watcher is not None:
+            self.watcher.request_reset()  # the consumer may be gone (e.g. a server restart)
+
+    def _workload_tasks(self, nc: NatsClient, reporter: Reporter, stop: asyncio.Event
+                        ) -> dict[str, Any]:
+        if self.runtime is None:
+            return {}
+        rt = self.config.runtime
+        self.watcher = watcher = DesiredStateWatcher(
+            nc, self.device_id, idle_heartbeat_s=rt.watch_heartbeat_s
+        )
+        self.reconciler = Reconciler(
+            self.device_id, self.runtime, reporter.state,
+            ReconcilerSettings(
+                reconcile_interval_s=rt.reconcile_interval_s,
+                max_parallel=rt.max_parallel_deployments,
+                stop_timeout_s=rt.stop_timeout_s,
+                max_desired_bytes=rt.max_desired_state_bytes,
+            ),
+        )
+
+        def view() -> dict[str, DesiredEntry] | None:
+            return watcher.view.values if watcher.view.generation else None
+
+        return {
+            "desired-state-watch": watcher.run(stop),
+            "reconciler": self.reconciler.run(view, watcher.changed, stop),
+        }
 
     async def connect(self, stop: asyncio.Event) -> NatsClient:
         return await connect(
@@ -154,6 +199,7 @@ class Agent:
                         "device-info", agent.info_interval_s,
                         lambda: self._publish_info(reporter), wake=self._republish_info,
                     ),
+                    **self._workload_tasks(nc, reporter, stop),
                 },
                 stop,
                 shutdown_timeout=agent.shutdown_timeout_s,

@@ -23,12 +23,15 @@ from harmony_fleet.contracts import (
     HDR_DEADLINE,
     HDR_OPERATOR_SUB,
     HDR_REQUEST_ID,
+    CancelReply,
+    CancelRequest,
     CommandSubjectError,
     ErrorKind,
     ErrorReply,
     Verb,
     device_command_subscription,
     parse_command_subject,
+    parse_request,
 )
 
 log = logging.getLogger(__name__)
@@ -92,6 +95,7 @@ class CommandServer:
         self._handlers = dict(handlers)
         self._slots = asyncio.Semaphore(max_concurrent)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._by_request_id: dict[str, asyncio.Task[None]] = {}
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
@@ -118,6 +122,26 @@ class CommandServer:
         task = asyncio.create_task(self._handle(msg))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        request_id = (msg.headers or {}).get(HDR_REQUEST_ID)
+        if request_id and not msg.subject.endswith(f".{Verb.CANCEL.value}"):
+            self._by_request_id[request_id] = task
+            task.add_done_callback(lambda _t: self._by_request_id.pop(request_id, None))
+
+    async def _cancel(self, msg: Msg, request_id: str | None) -> None:
+        """``cancel`` is answered outside the concurrency slots: it must work when all are busy."""
+        try:
+            request = parse_request(msg.data, CancelRequest)
+        except ValueError as exc:
+            await self._reply_error(msg, ErrorKind.BAD_REQUEST, f"cancel: {exc}", "cancel",
+                                    request_id)
+            return
+        task = self._by_request_id.get(request.request_id)
+        cancelled = task is not None and not task.done()
+        if task is not None:
+            task.cancel()
+        COMMANDS.labels(verb="cancel", outcome="ok").inc()
+        if msg.reply:  # a fire-and-forget cancel has no reply subject
+            await self._nc.publish(msg.reply, CancelReply(cancelled=cancelled).to_json_bytes())
 
     async def _reply_error(
         self, msg: Msg, kind: ErrorKind, message: str, verb: str, request_id: str | None
@@ -127,13 +151,16 @@ class CommandServer:
             "command refused: %s: %s", kind.value, message,
             extra={"device": self._device_id, "verb": verb, "request_id": request_id},
         )
-        await self._nc.publish(msg.reply, ErrorReply(kind=kind, message=message).to_json_bytes())
+        if msg.reply:
+            await self._nc.publish(
+                msg.reply, ErrorReply(kind=kind, message=message).to_json_bytes()
+            )
 
     async def _handle(self, msg: Msg) -> None:
         headers = msg.headers or {}
         request_id = headers.get(HDR_REQUEST_ID)
         verb_name = msg.subject.rsplit(".", 1)[-1]
-        if not msg.reply:
+        if not msg.reply and verb_name != Verb.CANCEL.value:
             log.warning(
                 "dropping command without a reply subject: %s", msg.subject,
                 extra={"device": self._device_id, "request_id": request_id},
@@ -144,6 +171,9 @@ class CommandServer:
             log.info("dropping expired command", extra={"request_id": request_id})
             return
         try:
+            if verb_name == Verb.CANCEL.value:
+                await self._cancel(msg, request_id)
+                return
             async with self._slots:
                 await self._dispatch(msg, headers, request_id)
         except Exception as exc:  # the last line of defence: answer, log, keep running

@@ -15,6 +15,14 @@ Example::
     user = "device"
     password_file = "/etc/fleet-agent/nats-password"
 
+    [runtime]
+    reconcile_interval_s = 10       # periodic check: notices containers that died
+    max_parallel_deployments = 4
+
+    [exec]                          # exec is refused unless enabled, then only what is listed
+    enabled = true
+    allow = [ { deployment = "default_web", service = "*", commands = ["cat", "ls"] } ]
+
     [log]
     level = "info"
     json = true
@@ -40,7 +48,7 @@ from pydantic_settings import (
 )
 
 from harmony_fleet.bus.settings import NatsSettings
-from harmony_fleet.contracts import DeviceId, Labels, validation_summary
+from harmony_fleet.contracts import MAX_DESIRED_STATE_BYTES, DeviceId, Labels, validation_summary
 
 DEFAULT_CONFIG_PATH = Path("/etc/fleet-agent/config.toml")
 
@@ -67,6 +75,50 @@ class AgentSection(_Section):
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
 
 
+class RuntimeSection(_Section):
+    """How the agent drives podman (used when ``agent.runtime_enabled``)."""
+
+    podman: str = Field(default="podman", description="podman binary (name on PATH or a path)")
+    reconcile_interval_s: float = Field(
+        default=10.0, gt=0, description="Periodic full reconcile (notices containers that died)"
+    )
+    max_parallel_deployments: int = Field(default=4, ge=1)
+    stop_timeout_s: int = Field(default=10, ge=0, le=600,
+                                description="podman --stop-timeout of service containers")
+    max_desired_state_bytes: int = Field(
+        default=MAX_DESIRED_STATE_BYTES, ge=1024, le=MAX_DESIRED_STATE_BYTES,
+        description="Larger desired-state values fail their deployment",
+    )
+    watch_heartbeat_s: float = Field(default=5.0, gt=0, le=60)
+
+
+class ExecRule(_Section):
+    """One allowlist entry: ``*`` matches anything."""
+
+    deployment: str = "*"
+    service: str = "*"
+    commands: list[str] = Field(
+        min_length=1, description="Allowed argv[0] values (program names or paths), or '*'"
+    )
+
+    def allows(self, deployment: str, service: str, program: str) -> bool:
+        return (
+            self.deployment in ("*", deployment)
+            and self.service in ("*", service)
+            and ("*" in self.commands or program in self.commands)
+        )
+
+
+class ExecSection(_Section):
+    """``exec`` is refused (Forbidden) unless enabled, and then only what ``allow`` lists."""
+
+    enabled: bool = False
+    allow: list[ExecRule] = Field(default_factory=list)
+
+    def allows(self, deployment: str, service: str, program: str) -> bool:
+        return self.enabled and any(r.allows(deployment, service, program) for r in self.allow)
+
+
 class LogSection(_Section):
     level: str = Field(default="info", pattern=r"(?i)^(debug|info|warning|error|critical)$")
     json_logs: bool = Field(default=False, alias="json")
@@ -82,6 +134,8 @@ class MetricsSection(_Section):
 
 class AgentConfig(BaseSettings):
     agent: AgentSection
+    runtime: RuntimeSection = Field(default_factory=RuntimeSection)
+    exec: ExecSection = Field(default_factory=ExecSection)
     nats: NatsSettings = Field(default_factory=NatsSettings)
     log: LogSection = Field(default_factory=LogSection)
     metrics: MetricsSection = Field(default_factory=MetricsSection)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 import os
 import platform
@@ -11,6 +9,8 @@ import socket
 from pathlib import Path
 
 from harmony_fleet.contracts import Inventory
+
+from .runtime import ContainerRuntime
 
 log = logging.getLogger(__name__)
 
@@ -36,29 +36,7 @@ def _memory_bytes(meminfo: Path = Path("/proc/meminfo")) -> int:
     return 0
 
 
-async def podman_version(podman: str = "podman", timeout: float = 10.0) -> str | None:
-    """podman's client version, or None if podman is missing or broken."""
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            podman, "version", "--format", "json",
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-        )
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except (OSError, TimeoutError) as exc:
-        log.warning("podman version failed: %s", exc)
-        return None
-    if proc.returncode != 0:
-        log.warning("podman version exited %s: %s", proc.returncode, err.decode(errors="replace"))
-        return None
-    try:
-        data = json.loads(out)
-        return str(data["Client"]["Version"])
-    except (ValueError, KeyError, TypeError):
-        log.warning("podman version printed unexpected output")
-        return None
-
-
-async def collect_inventory(runtime_enabled: bool) -> Inventory:
+async def collect_inventory(runtime: ContainerRuntime | None) -> Inventory:
     uname = platform.uname()
     return Inventory(
         hostname=socket.gethostname(),
@@ -67,5 +45,5 @@ async def collect_inventory(runtime_enabled: bool) -> Inventory:
         kernel=uname.release,
         cpus=os.cpu_count() or 0,
         memory_bytes=_memory_bytes(),
-        podman_version=await podman_version() if runtime_enabled else None,
+        podman_version=await runtime.version() if runtime is not None else None,
     )

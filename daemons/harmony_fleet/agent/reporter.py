@@ -10,10 +10,13 @@ from prometheus_client import Counter
 from harmony_fleet.contracts import (
     BUCKET_DEVICE_HEARTBEAT,
     BUCKET_DEVICE_INFO,
+    BUCKET_DEVICE_STATE,
+    DeploymentState,
     DeviceInfo,
     Heartbeat,
     device_heartbeat_key,
     device_info_key,
+    device_state_key,
 )
 
 log = logging.getLogger(__name__)
@@ -49,4 +52,12 @@ class Reporter:
             BUCKET_DEVICE_HEARTBEAT,
             device_heartbeat_key(self._device_id),
             heartbeat.to_json_bytes(),
+        )
+
+    async def state(self, state: DeploymentState) -> None:
+        await self._put(
+            "state",
+            BUCKET_DEVICE_STATE,
+            device_state_key(self._device_id, state.deployment),
+            state.to_json_bytes(),
         )

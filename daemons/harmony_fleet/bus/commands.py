@@ -1,9 +1,16 @@
-"""Client side of the request/reply command protocol (``device-commands.<device>.<verb>``)."""
+"""Client side of the request/reply command protocol (``device-commands.<device>.<verb>``).
+
+Every call raises a :class:`CommandError` subclass on failure: :class:`DeviceOffline` (nobody
+listens: immediate), :class:`CommandTimeout`, :class:`BadReply`, :class:`TransportError`, or
+:class:`RemoteError` (the agent answered with an ``ErrorReply``; ``.kind`` says which).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
+from collections.abc import AsyncIterator, Sequence
 from typing import TypeVar
 
 import nats.errors
@@ -14,8 +21,13 @@ from harmony_fleet.contracts import (
     HDR_DEADLINE,
     HDR_OPERATOR_SUB,
     HDR_REQUEST_ID,
+    CancelRequest,
     ErrorKind,
     ErrorReply,
+    ExecReply,
+    ExecRequest,
+    LogChunk,
+    LogsRequest,
     PingReply,
     ReplyDecodeError,
     Verb,
@@ -125,4 +137,80 @@ class FleetCommandsClient:
             raise BadReply(
                 device_id, f"ping to {device_id} was answered by {reply.device_id}"
             )
+        return reply
+
+    async def exec(
+        self, device_id: str, deployment: str, service: str, argv: Sequence[str], *,
+        timeout_s: float = 30.0, output_cap: int = 64 * 1024,
+    ) -> ExecReply:
+        """Run ``argv`` in a service's container; the reply carries exit code and output."""
+        request = ExecRequest(deployment=deployment, service=service, argv=list(argv),
+                              timeout_s=timeout_s, output_cap=output_cap)
+        # the device may take timeout_s to run it; allow for the round trip on top
+        return await self._call(device_id, Verb.EXEC, ExecReply, request.to_json_bytes(),
+                                timeout_s + self._timeout)
+
+    async def logs(
+        self, device_id: str, deployment: str, service: str, *, tail: int | None = None,
+        since: str | None = None, follow: bool = False, follow_timeout_s: int = 3600,
+    ) -> AsyncIterator[str]:
+        """Yield a service's output in order, as text chunks, until the stream's end marker.
+
+        Leaving the loop early (``break``, an exception, ``aclose()``) cancels the stream on the
+        device. While following, the agent sends keepalives; silence for longer than the
+        client timeout plus 10 s is a :class:`CommandTimeout`.
+        """
+        request = LogsRequest(deployment=deployment, service=service, tail=tail, since=since,
+                              follow=follow, follow_timeout_s=follow_timeout_s)
+        subject = device_command_subject(device_id, Verb.LOGS)
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox, pending_msgs_limit=-1, pending_bytes_limit=-1)
+        headers = self._headers(follow_timeout_s if follow else self._timeout)
+        finished = False
+        try:
+            try:
+                await self._nc.publish(subject, request.to_json_bytes(), reply=inbox,
+                                       headers=headers)
+            except nats.errors.Error as exc:
+                raise TransportError(device_id, f"logs to {device_id} failed: {exc}") from exc
+            expected = 0
+            idle = self._timeout + (10.0 if follow else 0.0)
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=idle)
+                except nats.errors.TimeoutError as exc:
+                    raise CommandTimeout(
+                        device_id, f"log stream from {device_id} went silent for {idle:g}s"
+                    ) from exc
+                if msg.headers and msg.headers.get("Status") == "503":
+                    raise DeviceOffline(device_id, f"device {device_id} is offline (no responders)")
+                chunk = self._log_chunk(device_id, bytes(msg.data), first=expected == 0)
+                if chunk.seq != expected:
+                    raise BadReply(device_id, f"log stream from {device_id} lost chunks: got "
+                                              f"#{chunk.seq}, expected #{expected}")
+                expected += 1
+                if chunk.eof:
+                    finished = True
+                    if chunk.error is not None:
+                        raise RemoteError(device_id, chunk.error)
+                    return
+                if chunk.data:
+                    yield chunk.data
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+            if not finished and not self._nc.is_closed:
+                with contextlib.suppress(Exception):
+                    cancel = CancelRequest(request_id=headers[HDR_REQUEST_ID])
+                    await self._nc.publish(device_command_subject(device_id, Verb.CANCEL),
+                                           cancel.to_json_bytes())
+
+    @staticmethod
+    def _log_chunk(device_id: str, data: bytes, *, first: bool) -> LogChunk:
+        try:
+            reply = parse_reply(data, LogChunk)
+        except ReplyDecodeError as exc:
+            raise BadReply(device_id, f"bad logs message from {device_id}: {exc}") from exc
+        if isinstance(reply, ErrorReply):
+            raise RemoteError(device_id, reply)
         return reply

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 from enum import StrEnum
-from typing import Final, TypeVar
+from typing import Annotated, Final, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
 from .base import WireModel, validation_summary
-from .ids import DeviceId, InvalidIdError, validate_device_id
+from .ids import DNS1123_LABEL_PATTERN, DeploymentToken, DeviceId, InvalidIdError, validate_device_id
 
 COMMAND_SUBJECT_PREFIX: Final = "device-commands"
 HDR_REQUEST_ID: Final = "X-Harmony-Request-Id"
@@ -29,12 +29,19 @@ HDR_OPERATOR_SUB: Final = "X-Harmony-Operator-Sub"
 
 #: Largest request body an agent accepts.
 MAX_REQUEST_BYTES: Final = 64 * 1024
+#: Largest ``data`` of one :class:`LogChunk` (bytes of UTF-8); a stream has no total cap.
+MAX_LOG_CHUNK_BYTES: Final = 16 * 1024
+#: Largest output an ``exec`` reply carries (NATS' default max payload is 1 MiB).
+MAX_EXEC_OUTPUT_BYTES: Final = 512 * 1024
 
 
 class Verb(StrEnum):
     """Command verbs an agent answers."""
 
     PING = "ping"
+    LOGS = "logs"
+    EXEC = "exec"
+    CANCEL = "cancel"
 
 
 class ErrorKind(StrEnum):
@@ -86,6 +93,64 @@ class PingReply(WireModel):
 class ErrorReply(WireModel):
     kind: ErrorKind
     message: str
+
+
+ServiceName = Annotated[str, Field(pattern=DNS1123_LABEL_PATTERN, min_length=1, max_length=63)]
+
+
+class LogsRequest(WireModel):
+    """``logs``: one service's container output, streamed as :class:`LogChunk` messages.
+
+    Every message of the stream goes to the request's reply inbox, in order: chunks with
+    ``seq`` 0, 1, 2… and last a chunk with ``eof: true`` (carrying ``error`` if the stream
+    broke). A refused request gets a single :class:`ErrorReply` instead. The client cancels a
+    stream early with ``cancel`` (its ``request_id``); a follow ends by itself after
+    ``follow_timeout_s`` or when the container stops.
+    """
+
+    deployment: DeploymentToken
+    service: ServiceName
+    tail: int | None = Field(default=None, ge=0, le=1_000_000, description="Last N lines only")
+    since: str | None = Field(
+        default=None, pattern=r"^[0-9A-Za-z:.+-]{1,40}$",
+        description="RFC 3339 time or a duration such as 10m (podman logs --since)",
+    )
+    follow: bool = False
+    follow_timeout_s: int = Field(default=3600, ge=1, le=86_400)
+
+
+class LogChunk(WireModel):
+    seq: int = Field(ge=0)
+    data: str = ""
+    eof: bool = False
+    error: ErrorReply | None = None
+
+
+class ExecRequest(WireModel):
+    """``exec``: run ``argv`` in a service's container (refused unless the device allows it)."""
+
+    deployment: DeploymentToken
+    service: ServiceName
+    argv: list[str] = Field(min_length=1, max_length=256)
+    timeout_s: float = Field(default=30.0, gt=0, le=3600)
+    output_cap: int = Field(default=64 * 1024, ge=0, le=MAX_EXEC_OUTPUT_BYTES)
+
+
+class ExecReply(WireModel):
+    exit_code: int
+    output: str = Field(description="stdout and stderr, interleaved, decoded as UTF-8")
+    truncated: bool = False
+    timed_out: bool = False
+
+
+class CancelRequest(WireModel):
+    """``cancel``: stop a running streamed command (e.g. a log follow) by its request id."""
+
+    request_id: str = Field(min_length=1, max_length=128)
+
+
+class CancelReply(WireModel):
+    cancelled: bool
 
 
 class ReplyDecodeError(ValueError):

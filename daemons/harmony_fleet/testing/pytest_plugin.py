@@ -92,3 +92,13 @@ async def admin_nc(fleet_stack: LocalStack) -> AsyncIterator[NatsClient]:
 @pytest.fixture
 def fleet_client(admin_nc: NatsClient) -> FleetCommandsClient:
     return FleetCommandsClient(admin_nc, timeout=5.0)
+
+
+@pytest.fixture(scope="session")
+def fleet_image() -> str:
+    """The local busybox image (built once; podman is required, see scripts/setup.sh)."""
+    from .images import build_busybox_image
+
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed: run scripts/setup.sh")
+    return build_busybox_image()

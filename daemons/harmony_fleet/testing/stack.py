@@ -182,13 +182,17 @@ class LocalStack:
 
     # ---- agents ------------------------------------------------------------------------
     def _write_agent_config(
-        self, device_id: str, labels: dict[str, str], runtime_enabled: bool
+        self, device_id: str, labels: dict[str, str], runtime_enabled: bool, extra_toml: str,
+        runtime: dict[str, Any] | None = None,
     ) -> Path:
         agent_dir = self.workdir / "agents" / device_id
         agent_dir.mkdir(parents=True, exist_ok=True)
         password_file = agent_dir / "nats-password"
         password_file.write_text(self.device_user.password, encoding="utf-8")
         password_file.chmod(0o600)
+        # a quick local loop: containers that die are noticed within ~2 s
+        runtime_options = {"reconcile_interval_s": 2, "watch_heartbeat_s": 1,
+                           "stop_timeout_s": 2, **(runtime or {})}
         label_items = ", ".join(f"{json.dumps(k)} = {json.dumps(v)}" for k, v in labels.items())
         config_file = agent_dir / "config.toml"
         config_file.write_text(
@@ -203,7 +207,10 @@ class LocalStack:
             "\n[nats.auth]\n"
             'mode = "userpass"\n'
             f"user = {json.dumps(self.device_user.user)}\n"
-            f"password_file = {json.dumps(str(password_file))}\n",
+            f"password_file = {json.dumps(str(password_file))}\n"
+            + "\n[runtime]\n"
+            + "".join(f"{k} = {json.dumps(v)}\n" for k, v in runtime_options.items())
+            + (f"\n{extra_toml}\n" if extra_toml else ""),
             encoding="utf-8",
         )
         config_file.chmod(0o600)
@@ -217,12 +224,16 @@ class LocalStack:
         runtime_enabled: bool = False,
         mode: AgentMode = "inprocess",
         wait: bool = True,
+        runtime: dict[str, Any] | None = None,
+        extra_toml: str = "",
     ) -> DeviceHandle:
         """Start an agent for ``device_id``; with ``wait`` return once it answers a ping."""
         if device_id in self.devices:
             raise StackError(f"device {device_id} already exists in this stack")
         labels = dict(labels or {})
-        config_file = self._write_agent_config(device_id, labels, runtime_enabled)
+        config_file = self._write_agent_config(
+            device_id, labels, runtime_enabled, extra_toml, runtime
+        )
         handle = DeviceHandle(device_id, config_file, None, labels, runtime_enabled, mode)
         if mode == "subprocess":
             handle.log_file = config_file.parent / "agent.log"
@@ -322,11 +333,18 @@ class LocalStack:
             json.dump(self.state(), out, indent=2)
         tmp.replace(self.state_file)
 
-    async def down(self, *, remove_workdir: bool = True) -> None:
-        """Stop agents, then the server (if owned); remove the state file and workdir."""
+    async def down(self, *, remove_workdir: bool = True, remove_containers: bool = True) -> None:
+        """Stop agents, then the server (if owned); remove the state file and workdir.
+
+        Stopping an agent leaves its containers running (as in production); ``down`` removes
+        them too unless ``remove_containers`` is false.
+        """
+        runtime_devices = [d for d, h in self.devices.items() if h.runtime_enabled]
         await asyncio.gather(
             *(self.stop_device(d) for d in list(self.devices)), return_exceptions=True
         )
+        if remove_containers and runtime_devices:
+            await asyncio.to_thread(remove_device_containers, runtime_devices)
         if self.owns_server:
             await asyncio.to_thread(self.server.stop)
         if self.state_file is not None:
@@ -385,6 +403,24 @@ def read_state(state_file: Path) -> dict[str, Any]:
     return data
 
 
+def remove_device_containers(device_ids: list[str], podman: str = "podman") -> int:
+    """Force-remove every container the agents of ``device_ids`` created; return how many."""
+    from harmony_fleet.agent.runtime import LABEL_DEVICE
+
+    removed = 0
+    for device_id in device_ids:
+        listed = subprocess.run(
+            [podman, "ps", "--all", "--quiet", "--filter", f"label={LABEL_DEVICE}={device_id}"],
+            capture_output=True, text=True, check=False,
+        )
+        ids = listed.stdout.split()
+        if ids:
+            subprocess.run([podman, "rm", "--force", "--time", "0", *ids],
+                           capture_output=True, check=False)
+            removed += len(ids)
+    return removed
+
+
 def down_from_state(state_file: Path, timeout: float = 15.0) -> list[str]:
     """Tear down a detached stack described by ``state_file``; return what was stopped."""
     state = read_state(state_file)
@@ -400,6 +436,11 @@ def down_from_state(state_file: Path, timeout: float = 15.0) -> list[str]:
             if not _wait_gone(pid, timeout):
                 os.kill(pid, signal.SIGKILL)
             stopped.append(what)
+    runtime_devices = [d["device_id"] for d in state["devices"] if d.get("runtime_enabled")]
+    if runtime_devices and shutil.which("podman"):
+        count = remove_device_containers(runtime_devices)
+        if count:
+            stopped.append(f"{count} container(s)")
     state_file.unlink(missing_ok=True)
     shutil.rmtree(state["workdir"], ignore_errors=True)
     return stopped

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The README's main-job command: install what is needed, start the local stack (nats-server
+# with JetStream, the fleet buckets, two agents), ping every device from Ansible and the CLI,
+# then tear it all down. KEEP=1 leaves the stack running for you to poke at.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+"$ROOT/scripts/setup.sh"
+# shellcheck disable=SC1091
+source .venv/bin/activate
+export ANSIBLE_CONFIG="$ROOT/ansible.cfg"
+
+DEVICES="${DEVICES:-2}"
+KEEP="${KEEP:-0}"
+
+if fleet stack status >/dev/null 2>&1; then
+    echo "==> a local stack is already running (fleet stack status); stopping it first" >&2
+    fleet stack down
+fi
+
+cleanup() {
+    if [ "$KEEP" != "1" ]; then
+        echo "==> fleet stack down" >&2
+        fleet stack down || true
+    fi
+}
+trap cleanup EXIT
+
+echo "==> fleet stack up --devices $DEVICES --keep" >&2
+fleet stack up --devices "$DEVICES" --keep
+
+echo "==> ansible -i inventories/local all -m harmony.fleet.fleet_ping" >&2
+ansible -i inventories/local all -m harmony.fleet.fleet_ping
+
+echo "==> fleet ping (round trips)" >&2
+mapfile -t ids < <(ansible-inventory -i inventories/local --list \
+    | python3 -c 'import json,sys; print("\n".join(sorted(json.load(sys.stdin)["fleet"]["hosts"])))')
+fleet ping --count 100 "${ids[@]}"
+
+if [ "$KEEP" = "1" ]; then
+    echo "==> stack left running: 'fleet stack status', 'fleet stack down'" >&2
+fi
