@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The README's main-job command: install what is needed, start the local stack (nats-server
-# with JetStream, the fleet buckets, two agents), ping every device from Ansible and the CLI,
-# then tear it all down. KEEP=1 leaves the stack running for you to poke at.
+# with JetStream, the fleet buckets, two agents driving the local podman), roll a small
+# workload (an init container and a service, on a locally built busybox image) onto every
+# device with Ansible, show it running, read its logs, ping every device, then tear it all
+# down. KEEP=1 leaves the stack (and the workload) running for you to poke at.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,8 +30,21 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "==> fleet stack up --devices $DEVICES --keep" >&2
-fleet stack up --devices "$DEVICES" --keep
+echo "==> fleet demo-image (busybox-static imported into podman: no registry needed)" >&2
+fleet demo-image
+
+echo "==> fleet stack up --devices $DEVICES --runtime --keep" >&2
+fleet stack up --devices "$DEVICES" --runtime --keep
+
+echo "==> ansible-playbook playbooks/demo.yml (roll out, wait for Running, ping)" >&2
+ansible-playbook -i inventories/local playbooks/demo.yml
+
+echo "==> what runs (podman ps, containers managed by the agents)" >&2
+podman ps --filter label=io.nationtech.fleet.managed=true \
+    --format 'table {{.Names}}\t{{.Status}}\t{{.Image}}'
+
+echo "==> fleet logs local-0 demo_hello web" >&2
+fleet logs local-0 demo_hello web
 
 echo "==> ansible -i inventories/local all -m harmony.fleet.fleet_ping" >&2
 ansible -i inventories/local all -m harmony.fleet.fleet_ping

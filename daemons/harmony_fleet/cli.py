@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harmony_fleet.bus import CommandError, FleetCommandsClient, connect, drain
+from nats.aio.client import Client as NatsClient
+
+from harmony_fleet.bus import CommandError, ConnectError, FleetCommandsClient, connect, drain
 from harmony_fleet.bus.profile import ConnectionConfigError, default_state_file, resolve_settings
 from harmony_fleet.daemon import setup_logging
 
@@ -74,6 +76,27 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("--timeout", type=float, default=5.0)
     ping.add_argument("--json", action="store_true")
     _add_connection_args(ping)
+
+    logs = sub.add_parser("logs", help="a service's output (the logs command)")
+    logs.add_argument("device")
+    logs.add_argument("deployment", help="deployment token, e.g. shop_web")
+    logs.add_argument("service")
+    logs.add_argument("--tail", type=int, default=None)
+    logs.add_argument("--since", default=None, help="RFC 3339 time or a duration such as 10m")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("--timeout", type=float, default=5.0)
+    _add_connection_args(logs)
+
+    exe = sub.add_parser("exec", help="run a command in a service's container (if allowed)")
+    exe.add_argument("device")
+    exe.add_argument("deployment")
+    exe.add_argument("service")
+    exe.add_argument("argv", nargs="+", help="the command (put it after --)")
+    exe.add_argument("--timeout", type=float, default=30.0, help="seconds the command may run")
+    _add_connection_args(exe)
+
+    image = sub.add_parser("demo-image", help="build the local busybox image the demo uses")
+    image.add_argument("--force", action="store_true", help="rebuild even if it exists")
 
     crds = sub.add_parser("crds", help="render the CRD manifests from the contract models")
     mode = crds.add_mutually_exclusive_group()
@@ -206,16 +229,16 @@ async def _ping_device(client: FleetCommandsClient, device: str, count: int) -> 
     return row
 
 
+async def _cli_connect(args: argparse.Namespace) -> NatsClient:
+    settings = resolve_settings(
+        url=args.url, user=args.user, password=args.password,
+        connection_file=args.connection_file,
+    )
+    return await connect(settings, name="fleet-cli")
+
+
 async def _ping(args: argparse.Namespace) -> int:
-    try:
-        settings = resolve_settings(
-            url=args.url, user=args.user, password=args.password,
-            connection_file=args.connection_file,
-        )
-    except ConnectionConfigError as exc:
-        print(f"fleet: {exc}", file=sys.stderr)
-        return 2
-    nc = await connect(settings, name="fleet-cli")
+    nc = await _cli_connect(args)
     try:
         client = FleetCommandsClient(nc, timeout=args.timeout)
         results = [await _ping_device(client, device, args.count) for device in args.devices]
@@ -233,6 +256,39 @@ async def _ping(args: argparse.Namespace) -> int:
             else:
                 print(f"{row['device_id']}: {row['error']}")
     return 1 if failures else 0
+
+
+# ------------------------------------------------------------------------------ logs / exec
+
+
+async def _logs(args: argparse.Namespace) -> int:
+    nc = await _cli_connect(args)
+    try:
+        client = FleetCommandsClient(nc, timeout=args.timeout)
+        async for text in client.logs(args.device, args.deployment, args.service,
+                                      tail=args.tail, since=args.since, follow=args.follow):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+    finally:
+        await drain(nc)
+    return 0
+
+
+async def _exec(args: argparse.Namespace) -> int:
+    nc = await _cli_connect(args)
+    try:
+        client = FleetCommandsClient(nc)
+        reply = await client.exec(args.device, args.deployment, args.service, args.argv,
+                                  timeout_s=args.timeout)
+    finally:
+        await drain(nc)
+    sys.stdout.write(reply.output)
+    if reply.truncated:
+        print("fleet: output truncated", file=sys.stderr)
+    if reply.timed_out:
+        print(f"fleet: timed out after {args.timeout:g}s", file=sys.stderr)
+        return 124
+    return reply.exit_code
 
 
 # ------------------------------------------------------------------------------ crds
@@ -258,18 +314,42 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging("debug" if args.verbose else "warning")
-    if args.command == "crds":
-        return _crds(args)
-    if args.command == "ping":
-        return asyncio.run(_ping(args))
+def _demo_image(args: argparse.Namespace) -> int:
+    from harmony_fleet.testing.images import build_busybox_image
+
+    print(build_busybox_image(force=args.force))
+    return 0
+
+
+def _stack(args: argparse.Namespace) -> int:
     if args.stack_command == "up":
         return asyncio.run(_stack_up(args))
     if args.stack_command == "down":
         return _stack_down(args)
     return asyncio.run(_stack_status(args))
+
+
+def _remote(args: argparse.Namespace) -> int:
+    """The commands that talk to devices: typed failures become one line and an exit code."""
+    commands = {"ping": _ping, "logs": _logs, "exec": _exec}
+    try:
+        return asyncio.run(commands[args.command](args))
+    except ConnectionConfigError as exc:
+        print(f"fleet: {exc}", file=sys.stderr)
+        return 2
+    except (ConnectError, CommandError) as exc:
+        print(f"fleet: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging("debug" if args.verbose else "warning")
+    handlers = {"crds": _crds, "demo-image": _demo_image, "stack": _stack,
+                "ping": _remote, "logs": _remote, "exec": _remote}
+    return handlers[args.command](args)
 
 
 if __name__ == "__main__":

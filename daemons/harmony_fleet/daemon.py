@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Coroutine, Mapping
 from datetime import UTC, datetime
@@ -126,3 +128,23 @@ def start_metrics_server(listen: str) -> None:
     host, _, port = listen.rpartition(":")
     start_http_server(int(port), addr=host or "127.0.0.1")
     log.info("metrics on http://%s:%s/metrics", host or "127.0.0.1", port)
+
+
+def sd_notify(state: str) -> bool:
+    """Tell systemd about our state (``READY=1``, ``STOPPING=1``…) for ``Type=notify`` units.
+
+    A no-op returning False when not started by systemd (no ``NOTIFY_SOCKET``); never raises.
+    """
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address:
+        return False
+    if address.startswith("@"):  # abstract namespace
+        address = "\0" + address[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.connect(address)
+            sock.sendall(state.encode())
+    except OSError as exc:
+        log.warning("sd_notify(%s) failed: %s", state, exc)
+        return False
+    return True

@@ -60,6 +60,8 @@ class FleetActionBase(ActionBase):
     _supports_check_mode = True
     _supports_async = False
     ARGUMENT_SPEC: dict = {}
+    MUTUALLY_EXCLUSIVE: list = []
+    REQUIRED_IF: list = []
 
     def _host_var(self, task_vars, name):
         if name not in task_vars:
@@ -71,7 +73,9 @@ class FleetActionBase(ActionBase):
         spec.update(self.ARGUMENT_SPEC)
         given = set(self._task.args)
         args = self.validate_argument_spec(
-            argument_spec=spec, mutually_exclusive=NATS_MUTUALLY_EXCLUSIVE
+            argument_spec=spec,
+            mutually_exclusive=NATS_MUTUALLY_EXCLUSIVE + list(self.MUTUALLY_EXCLUSIVE),
+            required_if=list(self.REQUIRED_IF),
         )[1]
         for arg, var in HOST_VARS.items():
             if arg not in given:
@@ -80,7 +84,7 @@ class FleetActionBase(ActionBase):
                     args[arg] = value
         return args
 
-    def fleet_call(self, args, op, op_args):
+    def fleet_call(self, args, op, op_args, call_timeout=None):
         """Run a harmony_fleet operation; return its result or raise FleetError."""
         try:
             settings = resolve_settings(
@@ -94,7 +98,8 @@ class FleetActionBase(ActionBase):
             raise FleetError("ConnectionConfig", str(exc)) from exc
         try:
             if args["persistent"]:
-                answer = broker.call(settings, op, op_args, timeout=args["timeout"] + 30)
+                answer = broker.call(settings, op, op_args,
+                                     timeout=call_timeout or args["timeout"] + 30)
             else:
                 answer = broker.call_direct(settings, op, op_args)
         except broker.BrokerError as exc:

@@ -113,3 +113,11 @@ def test_check_config_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     bad.write_text('[agent]\ndevice_id = "NO"\n')
     assert main(["--config", str(bad), "--check-config"]) == 2
     assert "invalid configuration" in capsys.readouterr().err
+
+
+def test_systemd_unit_is_shipped(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--print-systemd-unit"]) == 0
+    unit = capsys.readouterr().out
+    assert "Type=notify" in unit
+    assert "KillMode=process" in unit  # workloads survive agent restarts
+    assert "ExecStart=/opt/fleet-agent/bin/fleet-agent --config /etc/fleet-agent/config.toml" in unit

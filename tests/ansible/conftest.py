@@ -39,6 +39,17 @@ class CliStack:
         return {host: res for play in doc["plays"] for task in play["tasks"]
                 for host, res in task["hosts"].items()}
 
+    def playbook(self, path: Path, *args: str) -> dict[str, Any]:
+        """Run a playbook with the json callback; return the parsed document."""
+        proc = subprocess.run(
+            [str(BIN / "ansible-playbook"), "-i", "inventories/local", str(path), *args],
+            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=300, check=False,
+        )
+        try:
+            return dict(json.loads(proc.stdout))
+        except json.JSONDecodeError:
+            pytest.fail(f"no JSON (rc {proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+
 
 def cli_env(state_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("FLEET_", "ANSIBLE_"))}
@@ -55,23 +66,44 @@ def cli_env(state_dir: Path) -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="module")
-def cli_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliStack]:
+def start_cli_stack(tmp_path_factory: pytest.TempPathFactory, *options: str) -> CliStack:
     state_dir = tmp_path_factory.mktemp("cli-stack")
     (state_dir / "run").mkdir(mode=0o700)
     env = cli_env(state_dir)
     up = subprocess.run(
-        [str(BIN / "fleet"), "stack", "up", "--devices", "2", "--no-runtime", "--keep", "--json",
-         "--label", "site=lab"],
+        [str(BIN / "fleet"), "stack", "up", "--devices", "2", "--keep", "--json",
+         "--label", "site=lab", *options],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     assert up.returncode == 0, up.stderr
     state = json.loads(up.stdout)
     state_file = state_dir / "stack.json"
     assert state_file.is_file()
+    return CliStack(env, state_file, state)
+
+
+def stop_cli_stack(stack: CliStack) -> None:
+    down = subprocess.run([str(BIN / "fleet"), "stack", "down"], cwd=REPO, env=stack.env,
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+
+
+@pytest.fixture(scope="module")
+def cli_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliStack]:
+    stack = start_cli_stack(tmp_path_factory, "--no-runtime")
     try:
-        yield CliStack(env, state_file, state)
+        yield stack
     finally:
-        down = subprocess.run([str(BIN / "fleet"), "stack", "down"], cwd=REPO, env=env, check=False,
-                              capture_output=True, text=True, timeout=120)
-        assert down.returncode == 0, down.stderr
+        stop_cli_stack(stack)
+
+
+@pytest.fixture(scope="module")
+def runtime_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CliStack]:
+    from harmony_fleet.testing.images import build_busybox_image
+
+    build_busybox_image()
+    stack = start_cli_stack(tmp_path_factory, "--runtime", "--device-prefix", "dep")
+    try:
+        yield stack
+    finally:
+        stop_cli_stack(stack)

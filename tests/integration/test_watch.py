@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
@@ -26,10 +27,8 @@ async def wait_for(watcher: DesiredStateWatcher, expected: dict[str, bytes],
             if watcher.view.complete and view == expected:
                 return
             watcher.changed.clear()
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(watcher.changed.wait(), 0.5)
-            except TimeoutError:
-                pass
 
     await asyncio.wait_for(until(), timeout)
 

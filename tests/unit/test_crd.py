@@ -586,12 +586,6 @@ def test_printer_columns_point_at_schema_fields_of_the_right_type(file_name: str
             assert node["type"] == column["type"], path
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG crd.py to_structural_schema: the anyOf [X, null] branch merges the sibling keys "
-    "without filtering _DROP_KEYS, so 'title' survives on every nullable field (e.g. "
-    "'title: Lasterror', 'title: Host Port') although the docstring says titles are dropped",
-)
 @pytest.mark.parametrize("file_name", [DEPLOYMENT_FILE, DEVICE_FILE])
 def test_titles_are_dropped(file_name: str) -> None:
     titled = [path for path, node in _walk(_schema(file_name)) if "title" in node]

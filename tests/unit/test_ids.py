@@ -95,11 +95,6 @@ def test_non_string_device_ids_are_rejected(value: object, type_name: str) -> No
         validate_device_id(value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG ids.py: _DNS1123_LABEL uses '$' with re.match, so a trailing newline is accepted "
-    "('abc\\n' becomes a device id and a NATS key/subject with a newline in it)",
-)
 def test_device_id_with_trailing_newline_is_rejected() -> None:
     with pytest.raises(InvalidIdError):
         validate_device_id("abc\n")
@@ -227,23 +222,12 @@ def test_non_string_tokens_are_rejected(value: object, type_name: str) -> None:
         validate_deployment_token(value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG ids.py: _DEPLOYMENT_TOKEN does not bound each part to 63 characters; only the "
-    "total (127) is checked, so a 100-character bare token or a 64-character namespace part "
-    "is accepted although deployment_token() can never produce it",
-)
 @pytest.mark.parametrize("token", ["x" * 64, "x" * 100, "n" * 64 + "_web", "ns_" + "m" * 64])
 def test_token_parts_longer_than_a_label_are_rejected(token: str) -> None:
     with pytest.raises(InvalidIdError):
         validate_deployment_token(token)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG ids.py: _DEPLOYMENT_TOKEN uses '$' with re.match, so 'ns_web\\n' is accepted and "
-    "parse_deployment_token returns the name 'web\\n'",
-)
 def test_token_with_trailing_newline_is_rejected() -> None:
     with pytest.raises(InvalidIdError):
         parse_deployment_token("ns_web\n")

@@ -280,11 +280,6 @@ def test_key_format_error_is_a_value_error_not_an_id_error() -> None:
     assert isinstance(info.value.__cause__, InvalidIdError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG ids.py (surfaces in kv.py): ids are matched with '$' under re.match, so "
-    "'pi-1.web\\n' parses as device 'pi-1', deployment 'web\\n'",
-)
 def test_parser_rejects_key_with_trailing_newline() -> None:
     with pytest.raises(KeyFormatError):
         parse_desired_state_key("pi-1.web\n")

@@ -356,11 +356,6 @@ def test_invalid_env_names(name: str) -> None:
         InitContainer(name="init", image="img", env={name: "v"})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG score.py _check_env: _ENV_NAME uses '$' with re.match, so an env name with a "
-    "trailing newline ('MODE\\n') is accepted",
-)
 def test_env_name_with_trailing_newline_is_rejected() -> None:
     with pytest.raises(ValidationError):
         Service(name="web", image="img", env={"MODE\n": "v"})

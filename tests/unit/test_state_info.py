@@ -355,11 +355,6 @@ def test_invalid_label_values(value: str) -> None:
         validate_label_value(value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG info.py: _LABEL_NAME / _DNS1123_SUBDOMAIN use '$' with re.match, so label keys "
-    "and values with a trailing newline are accepted (Kubernetes would refuse the Device CR)",
-)
 @pytest.mark.parametrize(
     "check",
     [

@@ -30,7 +30,7 @@ from harmony_fleet.contracts import (
     parse_request,
 )
 from harmony_fleet.contracts.base import utcnow
-from harmony_fleet.daemon import supervise
+from harmony_fleet.daemon import sd_notify, supervise
 
 from .commands import CommandFailed, CommandRequest, CommandServer
 from .config import AgentConfig
@@ -184,6 +184,7 @@ class Agent:
         try:
             await server.start()
             self.ready.set()
+            sd_notify("READY=1")
             log.info(
                 "agent %s %s running (runtime %s)", self.device_id, self.version,
                 "enabled" if agent.runtime_enabled else "disabled",
@@ -205,6 +206,7 @@ class Agent:
                 shutdown_timeout=agent.shutdown_timeout_s,
             )
         finally:
+            sd_notify("STOPPING=1")
             await server.stop(timeout=agent.shutdown_timeout_s / 2)
             await drain(nc, timeout=self.config.nats.drain_timeout_s)
             log.info("agent %s stopped", self.device_id, extra={"device": self.device_id})

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import sys
+from importlib import resources
 from pathlib import Path
 
 from harmony_fleet.daemon import install_stop_signals, setup_logging, start_metrics_server
@@ -26,7 +27,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--check-config", action="store_true",
                         help="validate the config and exit")
+    parser.add_argument("--print-systemd-unit", action="store_true",
+                        help="print the systemd unit this package ships and exit")
     return parser.parse_args(argv)
+
+
+def systemd_unit() -> str:
+    return resources.files("harmony_fleet.agent").joinpath(
+        "systemd/fleet-agent.service").read_text(encoding="utf-8")
 
 
 async def _run(agent: Agent) -> None:
@@ -37,6 +45,9 @@ async def _run(agent: Agent) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.print_systemd_unit:
+        print(systemd_unit(), end="")
+        return 0
     try:
         config = AgentConfig.load(args.config)
     except ConfigError as exc:

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
+from pydantic import ValidationError
 
-from harmony_fleet.contracts import canonical_json
+from harmony_fleet.contracts import canonical_json, validation_summary
 
 from .commands import CommandError, FleetCommandsClient, RemoteError
 from .connection import ConnectError, connect, drain
@@ -66,7 +67,58 @@ async def op_ping(nc: NatsClient, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-OPERATIONS: dict[str, Operation] = {"ping": op_ping}
+async def op_deploy(nc: NatsClient, args: dict[str, Any]) -> dict[str, Any]:
+    """Converge one deployment's desired-state keys (the ``fleet_deployment`` module)."""
+    from harmony_fleet.contracts import PodmanScore, deployment_token
+    from harmony_fleet.contracts.crd import LabelSelector
+
+    from .deploy import apply_desired_state, resolve_targets, state_summary, wait_for_rollout
+
+    token = deployment_token(str(args["namespace"]), str(args["name"]))
+    present = args.get("state", "present") == "present"
+    score = PodmanScore.model_validate(args["score"]) if present else None
+    if present:
+        selector = (LabelSelector.model_validate(args["selector"])
+                    if args.get("selector") is not None else None)
+        targets = await resolve_targets(nc, args.get("devices"), selector)
+    else:
+        targets = []
+    check_mode = bool(args.get("check_mode"))
+    plan, before = await apply_desired_state(nc, token, score, targets, check_mode=check_mode)
+    score_hash = score.spec_hash() if score else None
+    result: dict[str, Any] = {
+        "deployment": token,
+        "changed": plan.changed,
+        "targets": targets,
+        "created": plan.created,
+        "updated": plan.updated,
+        "unchanged": plan.unchanged,
+        "removed": plan.delete,
+        "spec_hash": score_hash,
+        "diff": {
+            "before": {d: _hash_of(v) for d, v in sorted(before.items())},
+            "after": dict.fromkeys(targets, score_hash),
+        },
+    }
+    if args.get("wait") and not check_mode:
+        watched = targets if present else plan.delete
+        ok, states = await wait_for_rollout(nc, token, watched, score_hash,
+                                            float(args.get("wait_timeout", 120)),
+                                            removed=not present)
+        result.update(rolled_out=ok, states=state_summary(states))
+    return result
+
+
+def _hash_of(value: bytes) -> str:
+    from harmony_fleet.contracts import PodmanScore
+
+    try:
+        return PodmanScore.model_validate_json(value).spec_hash()
+    except ValueError:
+        return "(not a valid score)"
+
+
+OPERATIONS: dict[str, Operation] = {"ping": op_ping, "deploy": op_deploy}
 
 
 async def execute(nc: NatsClient, op: str, args: dict[str, Any]) -> dict[str, Any]:
@@ -81,6 +133,9 @@ async def execute(nc: NatsClient, op: str, args: dict[str, Any]) -> dict[str, An
                                        "message": str(exc)}}
     except CommandError as exc:
         return {"ok": False, "error": {"type": type(exc).__name__, "message": str(exc)}}
+    except ValidationError as exc:
+        return {"ok": False, "error": {"type": "BadRequest",
+                                       "message": f"{op}: {validation_summary(exc)}"}}
     except (KeyError, ValueError, TypeError) as exc:
         return {"ok": False, "error": {"type": "BadRequest", "message": f"{op}: {exc}"}}
 

@@ -14,6 +14,7 @@ A reply is either the verb's reply model (e.g. :class:`PingReply`) or an :class:
 from __future__ import annotations
 
 import json
+import re
 from enum import StrEnum
 from typing import Annotated, Final, TypeVar
 
@@ -23,6 +24,7 @@ from .base import WireModel, validation_summary
 from .ids import DNS1123_LABEL_PATTERN, DeploymentToken, DeviceId, InvalidIdError, validate_device_id
 
 COMMAND_SUBJECT_PREFIX: Final = "device-commands"
+_VERB = re.compile(r"[a-z][a-z0-9-]{0,31}")
 HDR_REQUEST_ID: Final = "X-Harmony-Request-Id"
 HDR_DEADLINE: Final = "X-Harmony-Deadline"
 HDR_OPERATOR_SUB: Final = "X-Harmony-Operator-Sub"
@@ -77,6 +79,8 @@ def parse_command_subject(subject: str) -> tuple[str, str]:
         device = validate_device_id(parts[1])
     except InvalidIdError as exc:
         raise CommandSubjectError(f"subject {subject!r}: {exc}") from exc
+    if not _VERB.fullmatch(parts[2]):
+        raise CommandSubjectError(f"subject {subject!r}: the verb must be a lowercase word")
     return device, parts[2]
 
 
@@ -184,11 +188,12 @@ def parse_request(payload: bytes, model: type[ReplyT]) -> ReplyT:
     if len(payload) > MAX_REQUEST_BYTES:
         raise ValueError(f"request body is {len(payload)} bytes; the limit is {MAX_REQUEST_BYTES}")
     if not payload.strip():
-        return model.model_validate({})
-    try:
-        data = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"request body is not JSON: {exc}") from exc
+        data: object = {}
+    else:
+        try:
+            data = json.loads(payload)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"request body is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError("request body must be a JSON object")
     try:

@@ -187,7 +187,7 @@ def to_structural_schema(schema: dict[str, Any]) -> dict[str, Any]:
             if len(options) != 1:
                 raise SchemaConversionError(f"cannot express a union of {len(options)} types")
             base = resolve(options[0])
-            base.update({k: resolve(v) for k, v in node.items()})
+            base.update({k: resolve(v) for k, v in node.items() if k not in _DROP_KEYS})
             base["nullable"] = True
             if base.get("default", ...) is None:
                 del base["default"]

@@ -41,7 +41,7 @@ def _check_label(value: object, what: str) -> str:
         raise InvalidIdError(
             f"{what} {value!r} is {len(value)} characters long; the limit is {DNS1123_LABEL_MAX}"
         )
-    if not _DNS1123_LABEL.match(value):
+    if not _DNS1123_LABEL.fullmatch(value):
         raise InvalidIdError(
             f"{what} {value!r} is not a DNS-1123 label (lowercase letters, digits and '-', "
             "starting and ending with a letter or digit)"
@@ -65,11 +65,17 @@ def validate_deployment_token(value: object) -> str:
             f"deployment {value!r} is {len(value)} characters long; "
             f"the limit is {DEPLOYMENT_TOKEN_MAX}"
         )
-    if not _DEPLOYMENT_TOKEN.match(value):
+    if not _DEPLOYMENT_TOKEN.fullmatch(value):
         raise InvalidIdError(
             f"deployment {value!r} is not a deployment token: a DNS-1123 label, or "
             "'<namespace>_<name>' where both parts are DNS-1123 labels"
         )
+    for part in value.split(NAMESPACE_SEPARATOR):
+        if len(part) > DNS1123_LABEL_MAX:
+            raise InvalidIdError(
+                f"deployment {value!r}: part {part[:20]!r}... is {len(part)} characters long; "
+                f"each part is a DNS-1123 label of at most {DNS1123_LABEL_MAX}"
+            )
     return value
 
 

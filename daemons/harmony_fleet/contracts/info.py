@@ -18,9 +18,9 @@ _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-
 
 def validate_label_key(key: str) -> str:
     prefix, sep, name = key.rpartition("/")
-    if sep and (not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN.match(prefix)):
+    if sep and (not prefix or len(prefix) > 253 or not _DNS1123_SUBDOMAIN.fullmatch(prefix)):
         raise ValueError(f"label key {key!r}: prefix must be a DNS-1123 subdomain")
-    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+    if not name or len(name) > 63 or not _LABEL_NAME.fullmatch(name):
         raise ValueError(
             f"label key {key!r}: name must be 1-63 alphanumerics, '-', '_' or '.', "
             "starting and ending with an alphanumeric"
@@ -29,7 +29,7 @@ def validate_label_key(key: str) -> str:
 
 
 def validate_label_value(value: str) -> str:
-    if value and (len(value) > 63 or not _LABEL_NAME.match(value)):
+    if value and (len(value) > 63 or not _LABEL_NAME.fullmatch(value)):
         raise ValueError(
             f"label value {value!r} must be empty or 1-63 alphanumerics, '-', '_' or '.', "
             "starting and ending with an alphanumeric"

@@ -78,7 +78,7 @@ class VolumeMount(StrictWireModel):
 
 def _check_env(env: dict[str, str]) -> dict[str, str]:
     for name in env:
-        if not _ENV_NAME.match(name):
+        if not _ENV_NAME.fullmatch(name):
             raise ValueError(f"environment variable name {name!r} is not valid")
     return env
 
