@@ -5,11 +5,17 @@ Accounts:
 * ``FLEET`` — JetStream enabled; devices, the operator and admins land here.
 * ``SYS``   — the system account.
 
+* ``AUTH``  — (callout mode) the callout service's own user.
+
 Modes:
 
 * ``dev`` (**insecure**): static users in ``FLEET``: ``admin`` (everything) and ``device``
   (shared by every device, which therefore can read and write every device's keys). For a
   laptop or CI only.
+* ``callout``: every connection that is not one of the static service users (the callout,
+  the report writer, the bootstrap admin, the system user) is decided by ``fleet-callout``
+  (``authorization.auth_callout``), which checks an OIDC token and returns a user JWT with
+  per-device permissions. A callout that does not answer means the connection is refused.
 """
 
 from __future__ import annotations
@@ -23,6 +29,18 @@ from pathlib import Path
 class StaticUser:
     user: str
     password: str
+    #: ``{"publish": [...], "subscribe": [...]}`` allow lists; None: no restriction
+    permissions: dict[str, list[str]] | None = None
+
+
+@dataclass(frozen=True)
+class CalloutConfig:
+    """``authorization.auth_callout``: who signs the answers, and the callout's own users."""
+
+    issuer_public_key: str  # the account nkey (A…) whose seed fleet-callout signs with
+    callout_users: list[StaticUser]  # in account AUTH
+    xkey_public_key: str | None = None  # requests are sealed to this curve key when set
+    timeout_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -37,6 +55,7 @@ class ServerConfig:
     max_file_store: str = "2GB"
     max_memory_store: str = "256MB"
     max_payload: int = 1024 * 1024
+    callout: CalloutConfig | None = None
 
 
 def _q(value: str) -> str:
@@ -44,8 +63,16 @@ def _q(value: str) -> str:
     return json.dumps(value)
 
 
+def _user(u: StaticUser) -> str:
+    text = f"user: {_q(u.user)}, password: {_q(u.password)}"
+    if u.permissions:
+        perms = ", ".join(f"{k}: {json.dumps(v)}" for k, v in u.permissions.items())
+        text += f", permissions: {{{perms}}}"
+    return f"{{{text}}}"
+
+
 def _users(users: list[StaticUser]) -> str:
-    return ", ".join(f"{{user: {_q(u.user)}, password: {_q(u.password)}}}" for u in users)
+    return ", ".join(_user(u) for u in users)
 
 
 def render(config: ServerConfig) -> str:
@@ -64,6 +91,11 @@ def render(config: ServerConfig) -> str:
         f"  max_file_store: {config.max_file_store}",
         "}",
         "accounts {",
+        *([
+            "  AUTH {",
+            f"    users: [{_users(config.callout.callout_users)}]",
+            "  }",
+        ] if config.callout else []),
         "  FLEET {",
         "    jetstream: enabled",
         f"    users: [{_users(config.fleet_users)}]",
@@ -74,4 +106,20 @@ def render(config: ServerConfig) -> str:
         "}",
         "system_account: SYS",
     ]
+    if config.callout is not None:
+        callout = config.callout
+        static = [u.user for u in (*callout.callout_users, *config.fleet_users)]
+        if config.sys_user:
+            static.append(config.sys_user.user)
+        lines += [
+            "authorization {",
+            f"  timeout: {_q(f'{callout.timeout_s:g}s')}",
+            "  auth_callout {",
+            f"    issuer: {_q(callout.issuer_public_key)}",
+            "    account: AUTH",
+            f"    auth_users: {json.dumps(static)}",
+            *([f"    xkey: {_q(callout.xkey_public_key)}"] if callout.xkey_public_key else []),
+            "  }",
+            "}",
+        ]
     return "\n".join(lines) + "\n"

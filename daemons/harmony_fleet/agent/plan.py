@@ -195,7 +195,9 @@ def plan_deployment(
             plan.remove.append(info)
             continue
         seen.add(name)
-        if not info.running and info.state != "paused" and spec.restart_policy in _KEEP_RUNNING:
+        never_started = info.state in ("created", "configured", "initialized")
+        if never_started or (not info.running and info.state != "paused"
+                             and spec.restart_policy in _KEEP_RUNNING):
             plan.start.append(info)
     plan.create = [spec for name, spec in wanted.items() if name not in seen]
     if plan.create:
