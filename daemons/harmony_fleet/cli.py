@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--state-file", type=Path, default=None,
                     help=f"where to write the connection info (default {default_state_file()})")
     up.add_argument("--workdir", type=Path, default=None, help="keep files here (default: temp)")
+    up.add_argument("--auth", choices=["callout", "dev"], default="callout",
+                    help="callout (default): OIDC issuer + auth callout, a machine key per "
+                         "device; dev: one shared device password (INSECURE)")
+    up.add_argument("--token-lifetime", type=int, default=3600, metavar="SECONDS",
+                    help="access token lifetime in callout mode (short values force rollovers)")
     for name, help_text in (("down", "stop a stack started with --keep"),
                             ("status", "show the stack and ping its devices")):
         p = stack_sub.add_parser(name, help=help_text)
@@ -111,18 +116,27 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_stack(state: dict[str, Any], state_file: Path, elapsed: float | None, keep: bool) -> None:
     workdir = state["workdir"]
     took = f" in {elapsed:.2f}s" if elapsed is not None else ""
-    print(f"Harmony Fleet local stack is up{took}  (auth: dev shared user/password - INSECURE)")
+    mode = ("auth callout + OIDC issuer, a machine key per device"
+            if state["auth_mode"] == "callout" else "dev shared user/password - INSECURE")
+    print(f"Harmony Fleet local stack is up{took}  (auth: {mode})")
     print(f"  NATS          {state['nats_url']}")
     if state.get("monitor_url"):
         print(f"  monitoring    {state['monitor_url']}/varz  /jsz  /connz")
-    print(f"  credentials   admin user '{state['connection']['auth']['user']}', "
-          f"password in {state_file} (connection.auth)")
+    if "issuer" in state:
+        issuer = state["issuer"]
+        print(f"  OIDC issuer   {issuer['url']}  (project {issuer['project_id']})")
+        print(f"  credentials   admin machine key {issuer['admin_key_file']}")
+    else:
+        print(f"  credentials   admin user '{state['connection']['auth']['user']}', "
+              f"password in {state_file} (connection.auth)")
     print(f"  state file    {state_file}")
     print("  devices:")
     for dev in state["devices"]:
-        print(f"    {dev['device_id']:<20} pid {dev['pid']}  config {dev['config_file']}")
+        key = f"  key {dev['key_file']}" if dev.get("key_file") else ""
+        print(f"    {dev['device_id']:<20} pid {dev['pid']}  config {dev['config_file']}{key}")
     print("  logs          tail -f " + " ".join(
         [d["log_file"] for d in state["devices"] if d["log_file"]]
+        + [p["log_file"] for p in state.get("processes", [])]
         + [state["nats_server"]["log_file"]]))
     first = state["devices"][0]["device_id"] if state["devices"] else "<device>"
     print(f"  ping          fleet ping {first}")
@@ -154,6 +168,8 @@ async def _stack_up(args: argparse.Namespace) -> int:
         workdir=args.workdir,
         state_file=state_file,
         detach=args.keep,
+        auth=args.auth,
+        token_lifetime_s=args.token_lifetime,
     )
     elapsed = time.monotonic() - started
     state = stack.state()

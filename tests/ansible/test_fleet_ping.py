@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from .conftest import BIN, REPO, CliStack
@@ -15,7 +16,14 @@ from .conftest import BIN, REPO, CliStack
 def test_stack_up_json_names_everything_a_developer_needs(cli_stack: CliStack) -> None:
     state = cli_stack.state
     assert state["nats_url"].startswith("nats://127.0.0.1:")
-    assert state["connection"]["auth"]["mode"] == "userpass"
+    # callout mode (the default): per-device machine keys, an admin machine key, the issuer
+    assert state["auth_mode"] == "callout"
+    assert state["connection"]["auth"]["mode"] == "zitadel"
+    assert state["issuer"]["url"].startswith("http://127.0.0.1:")
+    for device in state["devices"]:
+        key = json.loads(Path(device["key_file"]).read_text())
+        assert set(key) >= {"type", "keyId", "key", "userId"}
+        assert oct(Path(device["key_file"]).stat().st_mode & 0o777) == "0o600"
     assert [d["device_id"] for d in state["devices"]] == ["local-0", "local-1"]
     assert state["startup_s"] > 0
     on_disk = json.loads(cli_stack.state_file.read_text())

@@ -18,9 +18,11 @@ from nats.aio.client import Client as NatsClient
 from pydantic import BaseModel
 
 import harmony_fleet
-from harmony_fleet.bus import connect, drain
+from harmony_fleet.bus import connect, drain, provider_from_settings
+from harmony_fleet.bus.connection import keep_authenticated
 from harmony_fleet.bus.credentials import CredentialProvider
 from harmony_fleet.contracts import (
+    DeploymentState,
     DeviceInfo,
     ErrorKind,
     Heartbeat,
@@ -36,7 +38,7 @@ from .commands import CommandFailed, CommandRequest, CommandServer
 from .config import AgentConfig
 from .inventory import collect_inventory
 from .reconciler import Reconciler, ReconcilerSettings
-from .reporter import Reporter
+from .reporter import Reporter, ReportFailed
 from .runtime import PodmanRuntime
 from .watch import DesiredEntry, DesiredStateWatcher
 from .workload_commands import WorkloadCommands, runtime_disabled
@@ -53,7 +55,6 @@ class Agent:
         self.config = config
         self.device_id = config.agent.device_id
         self.version = harmony_fleet.__version__
-        self._credentials = credentials
         self._started_monotonic = time.monotonic()
         self._started_at = utcnow()
         self._republish_info = asyncio.Event()
@@ -61,7 +62,18 @@ class Agent:
         self.runtime = PodmanRuntime(config.runtime.podman) if config.agent.runtime_enabled \
             else None
         self.watcher: DesiredStateWatcher | None = None
-        self.reconciler: Reconciler | None = None
+        self._reporter: Reporter | None = None
+        self._credentials = credentials or provider_from_settings(config.nats.auth)
+        rt = config.runtime
+        self.reconciler = Reconciler(
+            self.device_id, self.runtime, self._report_state,
+            ReconcilerSettings(
+                reconcile_interval_s=rt.reconcile_interval_s,
+                max_parallel=rt.max_parallel_deployments,
+                stop_timeout_s=rt.stop_timeout_s,
+                max_desired_bytes=rt.max_desired_state_bytes,
+            ),
+        ) if self.runtime is not None else None
 
     def uptime_s(self) -> int:
         return int(time.monotonic() - self._started_monotonic)
@@ -135,22 +147,16 @@ class Agent:
         if self.watcher is not None:
             self.watcher.request_reset()  # the consumer may be gone (e.g. a server restart)
 
-    def _workload_tasks(self, nc: NatsClient, reporter: Reporter, stop: asyncio.Event
-                        ) -> dict[str, Any]:
-        if self.runtime is None:
+    async def _report_state(self, state: DeploymentState) -> None:
+        if self._reporter is None:
+            raise ReportFailed("not connected")
+        await self._reporter.state(state)
+
+    def _workload_tasks(self, nc: NatsClient, stop: asyncio.Event) -> dict[str, Any]:
+        if self.runtime is None or self.reconciler is None:
             return {}
-        rt = self.config.runtime
         self.watcher = watcher = DesiredStateWatcher(
-            nc, self.device_id, idle_heartbeat_s=rt.watch_heartbeat_s
-        )
-        self.reconciler = Reconciler(
-            self.device_id, self.runtime, reporter.state,
-            ReconcilerSettings(
-                reconcile_interval_s=rt.reconcile_interval_s,
-                max_parallel=rt.max_parallel_deployments,
-                stop_timeout_s=rt.stop_timeout_s,
-                max_desired_bytes=rt.max_desired_state_bytes,
-            ),
+            nc, self.device_id, idle_heartbeat_s=self.config.runtime.watch_heartbeat_s
         )
 
         def view() -> dict[str, DesiredEntry] | None:
@@ -161,7 +167,10 @@ class Agent:
             "reconciler": self.reconciler.run(view, watcher.changed, stop),
         }
 
-    async def connect(self, stop: asyncio.Event) -> NatsClient:
+    async def connect(self, stop: asyncio.Event, closed: asyncio.Event) -> NatsClient:
+        async def on_closed() -> None:
+            closed.set()
+
         return await connect(
             self.config.nats,
             name=f"fleet-agent {self.device_id}",
@@ -169,27 +178,42 @@ class Agent:
             inbox_prefix=f"_INBOX.{self.device_id}",
             stop=stop,
             reconnected_cb=self._on_reconnect,
+            closed_cb=on_closed,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        nc = await self.connect(stop)
+        """Serve until ``stop``. A connection closed for good (e.g. its credentials expired
+        while the issuer was unreachable) is replaced by a fresh one."""
+        try:
+            while not stop.is_set():
+                await self._session(stop)
+                if not stop.is_set():
+                    log.warning("NATS connection closed; connecting again",
+                                extra={"device": self.device_id})
+        finally:
+            sd_notify("STOPPING=1")
+            log.info("agent %s stopped", self.device_id, extra={"device": self.device_id})
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        closed = asyncio.Event()
+        nc = await self.connect(stop, closed)
         server = CommandServer(
-            nc,
-            self.device_id,
-            self.handlers(),
+            nc, self.device_id, self.handlers(),
             max_concurrent=self.config.agent.max_concurrent_commands,
         )
-        reporter = Reporter(nc.jetstream(), self.device_id)
+        self._reporter = reporter = Reporter(nc, self.device_id)
         agent = self.config.agent
+        session_stop = asyncio.Event()
         try:
             await server.start()
-            self.ready.set()
-            sd_notify("READY=1")
-            log.info(
-                "agent %s %s running (runtime %s)", self.device_id, self.version,
-                "enabled" if agent.runtime_enabled else "disabled",
-                extra={"device": self.device_id},
-            )
+            if not self.ready.is_set():
+                self.ready.set()
+                sd_notify("READY=1")
+                log.info(
+                    "agent %s %s running (runtime %s)", self.device_id, self.version,
+                    "enabled" if agent.runtime_enabled else "disabled",
+                    extra={"device": self.device_id},
+                )
             await supervise(
                 {
                     "heartbeat": self._every(
@@ -200,13 +224,15 @@ class Agent:
                         "device-info", agent.info_interval_s,
                         lambda: self._publish_info(reporter), wake=self._republish_info,
                     ),
-                    **self._workload_tasks(nc, reporter, stop),
+                    "credentials": keep_authenticated(nc, self._credentials, session_stop),
+                    **self._workload_tasks(nc, session_stop),
+                    "stop": stop.wait(),
+                    "connection-closed": closed.wait(),
                 },
-                stop,
+                session_stop,
                 shutdown_timeout=agent.shutdown_timeout_s,
             )
         finally:
-            sd_notify("STOPPING=1")
+            self._reporter = None
             await server.stop(timeout=agent.shutdown_timeout_s / 2)
             await drain(nc, timeout=self.config.nats.drain_timeout_s)
-            log.info("agent %s stopped", self.device_id, extra={"device": self.device_id})

@@ -37,31 +37,22 @@ Environment variables ``FLEET_AGENT_<SECTION>__<FIELD>`` override the file, e.g.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
 from harmony_fleet.bus.settings import NatsSettings
-from harmony_fleet.contracts import MAX_DESIRED_STATE_BYTES, DeviceId, Labels, validation_summary
+from harmony_fleet.config import ConfigError, LogSection, MetricsSection, Section, TomlConfig
+from harmony_fleet.contracts import MAX_DESIRED_STATE_BYTES, DeviceId, Labels
+
+__all__ = ["AgentConfig", "ConfigError", "ExecRule", "ExecSection", "RuntimeSection"]
 
 DEFAULT_CONFIG_PATH = Path("/etc/fleet-agent/config.toml")
 
 
-class ConfigError(ValueError):
-    """The configuration cannot be used; the message says where and why."""
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class AgentSection(_Section):
+class AgentSection(Section):
     device_id: DeviceId
     runtime_enabled: bool = Field(
         default=True, description="Drive podman; when false only commands and reports run"
@@ -75,7 +66,7 @@ class AgentSection(_Section):
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
 
 
-class RuntimeSection(_Section):
+class RuntimeSection(Section):
     """How the agent drives podman (used when ``agent.runtime_enabled``)."""
 
     podman: str = Field(default="podman", description="podman binary (name on PATH or a path)")
@@ -92,7 +83,7 @@ class RuntimeSection(_Section):
     watch_heartbeat_s: float = Field(default=5.0, gt=0, le=60)
 
 
-class ExecRule(_Section):
+class ExecRule(Section):
     """One allowlist entry: ``*`` matches anything."""
 
     deployment: str = "*"
@@ -109,7 +100,7 @@ class ExecRule(_Section):
         )
 
 
-class ExecSection(_Section):
+class ExecSection(Section):
     """``exec`` is refused (Forbidden) unless enabled, and then only what ``allow`` lists."""
 
     enabled: bool = False
@@ -119,20 +110,7 @@ class ExecSection(_Section):
         return self.enabled and any(r.allows(deployment, service, program) for r in self.allow)
 
 
-class LogSection(_Section):
-    level: str = Field(default="info", pattern=r"(?i)^(debug|info|warning|error|critical)$")
-    json_logs: bool = Field(default=False, alias="json")
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-
-class MetricsSection(_Section):
-    listen: str | None = Field(
-        default=None, pattern=r"^[^:]*:\d+$", description="host:port for /metrics"
-    )
-
-
-class AgentConfig(BaseSettings):
+class AgentConfig(TomlConfig):
     agent: AgentSection
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     exec: ExecSection = Field(default_factory=ExecSection)
@@ -143,31 +121,3 @@ class AgentConfig(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="FLEET_AGENT_", env_nested_delimiter="__", extra="forbid"
     )
-    _toml_file: ClassVar[Path | None] = None
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if cls._toml_file is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))
-        return tuple(sources)
-
-    @classmethod
-    def load(cls, path: Path, **overrides: Any) -> AgentConfig:
-        """Read ``path`` (TOML), apply environment overrides, validate."""
-        if not path.is_file():
-            raise ConfigError(f"{path}: no such config file")
-        bound: type[AgentConfig] = type(cls.__name__, (cls,), {"_toml_file": path})
-        try:
-            return bound(**overrides)
-        except ValidationError as exc:
-            raise ConfigError(f"{path}: {validation_summary(exc)}") from exc
-        except ValueError as exc:  # TOML syntax errors
-            raise ConfigError(f"{path}: {exc}") from exc

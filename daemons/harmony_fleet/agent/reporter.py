@@ -1,63 +1,68 @@
-"""Everything the agent tells the fleet about itself: device-info, heartbeats, deployment state."""
+"""Everything the agent tells the fleet about itself: device-info, heartbeats, deployment state.
+
+Reports are requests on the device's own report subjects; the server-side report writer
+validates each one, writes the KV entry and acknowledges (see
+:mod:`harmony_fleet.contracts.reports`). A report that is not acknowledged raises
+:class:`ReportFailed`; callers retry (the reconciler on its next pass, the heartbeat and info
+loops on their next tick).
+"""
 
 from __future__ import annotations
 
 import logging
 
-from nats.js import JetStreamContext
+import nats.errors
+from nats.aio.client import Client as NatsClient
 from prometheus_client import Counter
 
 from harmony_fleet.contracts import (
-    BUCKET_DEVICE_HEARTBEAT,
-    BUCKET_DEVICE_INFO,
-    BUCKET_DEVICE_STATE,
     DeploymentState,
     DeviceInfo,
     Heartbeat,
-    device_heartbeat_key,
-    device_info_key,
-    device_state_key,
+    ReportAck,
+    report_heartbeat_subject,
+    report_info_subject,
+    report_state_subject,
 )
 
 log = logging.getLogger(__name__)
 
-REPORTS = Counter("fleet_agent_reports_total", "Reports written, by kind and outcome",
+REPORTS = Counter("fleet_agent_reports_total", "Reports sent, by kind and outcome",
                   ["kind", "outcome"])
 
 
+class ReportFailed(RuntimeError):
+    pass
+
+
 class Reporter:
-    """Writes the agent's reports; one instance per connection."""
-
-    def __init__(self, js: JetStreamContext, device_id: str) -> None:
-        self._js = js
+    def __init__(self, nc: NatsClient, device_id: str, *, timeout_s: float = 5.0) -> None:
+        self._nc = nc
         self._device_id = device_id
+        self._timeout = timeout_s
 
-    async def _put(self, kind: str, bucket: str, key: str, value: bytes) -> None:
+    async def _send(self, kind: str, subject: str, value: bytes) -> None:
         try:
-            kv = await self._js.key_value(bucket)
-            await kv.put(key, value)
-        except Exception:
+            msg = await self._nc.request(subject, value, timeout=self._timeout)
+            ack = ReportAck.model_validate_json(msg.data)
+        except nats.errors.NoRespondersError as exc:
+            REPORTS.labels(kind=kind, outcome="no-writer").inc()
+            raise ReportFailed(f"{kind} report: no report writer is running") from exc
+        except (nats.errors.Error, ValueError) as exc:
             REPORTS.labels(kind=kind, outcome="error").inc()
-            raise
+            raise ReportFailed(f"{kind} report failed: {type(exc).__name__}: {exc}") from exc
+        if not ack.ok:
+            REPORTS.labels(kind=kind, outcome="refused").inc()
+            raise ReportFailed(f"{kind} report refused by the writer: {ack.error}")
         REPORTS.labels(kind=kind, outcome="ok").inc()
 
     async def info(self, info: DeviceInfo) -> None:
-        await self._put(
-            "info", BUCKET_DEVICE_INFO, device_info_key(self._device_id), info.to_json_bytes()
-        )
+        await self._send("info", report_info_subject(self._device_id), info.to_json_bytes())
 
     async def heartbeat(self, heartbeat: Heartbeat) -> None:
-        await self._put(
-            "heartbeat",
-            BUCKET_DEVICE_HEARTBEAT,
-            device_heartbeat_key(self._device_id),
-            heartbeat.to_json_bytes(),
-        )
+        await self._send("heartbeat", report_heartbeat_subject(self._device_id),
+                         heartbeat.to_json_bytes())
 
     async def state(self, state: DeploymentState) -> None:
-        await self._put(
-            "state",
-            BUCKET_DEVICE_STATE,
-            device_state_key(self._device_id, state.deployment),
-            state.to_json_bytes(),
-        )
+        await self._send("state", report_state_subject(self._device_id, state.deployment),
+                         state.to_json_bytes())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from itertools import chain, repeat
@@ -30,6 +31,53 @@ def backoff(delays: list[float]) -> Iterator[float]:
     return chain(delays, repeat(delays[-1]))
 
 
+class _ConnectionEvents:
+    """nats-py callbacks: logged, forwarded; socket errors of the first connect collected."""
+
+    def __init__(self, name: str, disconnected: Callback | None, reconnected: Callback | None,
+                 closed: Callback | None) -> None:
+        self.name = name
+        self.connected = False
+        # errors seen during the first connect; reported once per attempt, not per socket error
+        self.first_connect_errors: list[Exception] = []
+        self._forward = {"disconnected": disconnected, "reconnected": reconnected,
+                         "closed": closed}
+
+    def options(self) -> dict[str, Any]:
+        return {"error_cb": self.on_error, "disconnected_cb": self._cb("disconnected"),
+                "reconnected_cb": self._cb("reconnected"), "closed_cb": self._cb("closed")}
+
+    async def on_error(self, exc: Exception) -> None:
+        if not self.connected:
+            self.first_connect_errors.append(exc)
+            return
+        log.warning("nats client error: %s", exc, extra={"client": self.name})
+
+    def _cb(self, what: str) -> Callback:
+        async def callback() -> None:
+            log.info("nats connection %s", what, extra={"client": self.name})
+            forward = self._forward[what]
+            if forward is not None:
+                await forward()
+        return callback
+
+
+def _first_connect_options(settings: NatsSettings, name: str) -> dict[str, Any]:
+    return {
+        "servers": settings.urls,
+        "name": name,
+        "connect_timeout": settings.connect_timeout_s,
+        # nats-py's own server selection loops forever on a failing *first* connect when
+        # reconnect attempts are unlimited. We want our own bounded, logged backoff there, so
+        # the first connect tries each server at most twice, without waiting, and unlimited
+        # reconnects are switched on once connected (in connect()).
+        "reconnect_time_wait": 0,
+        "max_reconnect_attempts": 1,
+        "allow_reconnect": False,
+        "drain_timeout": settings.drain_timeout_s,
+    }
+
+
 async def connect(
     settings: NatsSettings,
     *,
@@ -51,59 +99,22 @@ async def connect(
     attempt = 0
     limit = settings.connect_attempts
 
-    # errors seen during the first connect; reported once per attempt, not per socket error
-    first_connect_errors: list[Exception] = []
-
-    async def on_error(exc: Exception) -> None:
-        if not connected:
-            first_connect_errors.append(exc)
-            return
-        log.warning("nats client error: %s", exc, extra={"client": name})
-
-    async def on_disconnect() -> None:
-        log.info("nats disconnected", extra={"client": name})
-        if disconnected_cb:
-            await disconnected_cb()
-
-    async def on_reconnect() -> None:
-        log.info("nats reconnected", extra={"client": name})
-        if reconnected_cb:
-            await reconnected_cb()
-
-    async def on_closed() -> None:
-        log.info("nats connection closed", extra={"client": name})
-        if closed_cb:
-            await closed_cb()
-
-    connected = False
+    events = _ConnectionEvents(name, disconnected_cb, reconnected_cb, closed_cb)
     while True:
         attempt += 1
-        first_connect_errors.clear()
-        options: dict[str, Any] = dict(
-            servers=settings.urls,
-            name=name,
-            connect_timeout=settings.connect_timeout_s,
-            # nats-py's own server selection loops forever on a failing *first* connect
-            # when reconnect attempts are unlimited. We want our own bounded, logged backoff
-            # there, so the first connect tries each server at most twice, without waiting,
-            # and unlimited reconnects are switched on once connected (below).
-            reconnect_time_wait=0,
-            max_reconnect_attempts=1,
-            allow_reconnect=False,
-            drain_timeout=settings.drain_timeout_s,
-            error_cb=on_error,
-            disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-            closed_cb=on_closed,
-            **creds.connect_options(),
-        )
+        events.first_connect_errors.clear()
+        options = _first_connect_options(settings, name)
+        options.update(events.options())
         if inbox_prefix:
             options["inbox_prefix"] = inbox_prefix
         try:
-            nc = await nats.connect(**options)
+            prepare = getattr(creds, "prepare", None)
+            if prepare is not None:  # token providers fetch their first token here
+                await prepare()
+            nc = await nats.connect(**options, **creds.connect_options())
         except Exception as raised:  # nats-py raises a variety of types here
             # "no servers available" hides the cause: report the last socket/auth error
-            exc = first_connect_errors[-1] if first_connect_errors else raised
+            exc = events.first_connect_errors[-1] if events.first_connect_errors else raised
             total = f"/{limit}" if limit else ""
             if limit is not None and attempt >= limit:
                 raise ConnectError(
@@ -125,7 +136,7 @@ async def connect(
                     continue
                 raise ConnectError("stopped while connecting") from raised
             continue
-        connected = True
+        events.connected = True
         nc.options.update(
             allow_reconnect=True,
             max_reconnect_attempts=-1,
@@ -148,3 +159,39 @@ async def drain(nc: NatsClient, timeout: float = 5.0) -> None:
         log.debug("drain failed (%s); closing", exc)
     if not nc.is_closed:
         await nc.close()
+
+
+async def keep_authenticated(
+    nc: NatsClient, credentials: CredentialProvider, stop: asyncio.Event
+) -> None:
+    """For refreshing credentials: refresh tokens and re-authenticate after each refresh.
+
+    The NATS user JWT the callout issues expires with the token it was made from, and nats-py
+    does not recover once the server says so; reconnecting with the fresh token before then
+    keeps the connection (subscriptions survive a reconnect). Returns at once for static
+    credentials.
+    """
+    run = getattr(credentials, "run", None)
+    refreshed: asyncio.Event | None = getattr(credentials, "refreshed", None)
+    if run is None or refreshed is None:
+        await stop.wait()
+        return
+    refresher = asyncio.create_task(run(stop), name="token-refresh")
+    try:
+        refreshed.clear()
+        while not stop.is_set():
+            waiter = asyncio.ensure_future(refreshed.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            await asyncio.wait([waiter, stopper], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            stopper.cancel()
+            if stop.is_set():
+                break
+            refreshed.clear()
+            if nc.is_connected:
+                log.info("re-authenticating with the refreshed token")
+                await nc.force_reconnect()
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher

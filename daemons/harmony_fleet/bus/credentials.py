@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
-from .settings import AuthSettings, NoAuth, TokenAuth, UserPasswordAuth
+from .settings import AuthSettings, NoAuth, TokenAuth, UserPasswordAuth, ZitadelAuth
 
 
 class CredentialProvider(Protocol):
@@ -59,4 +59,8 @@ def provider_from_settings(auth: AuthSettings) -> CredentialProvider:
         return StaticTokenProvider(auth.resolve_token())
     if isinstance(auth, NoAuth):
         return AnonymousProvider()
+    if isinstance(auth, ZitadelAuth):
+        from .tokens import ZitadelTokenProvider
+
+        return ZitadelTokenProvider(auth)
     raise TypeError(f"unsupported auth settings: {type(auth).__name__}")

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from harmony_fleet.contracts import validation_summary
 
-from .settings import NatsSettings, NoAuth, TokenAuth, UserPasswordAuth
+from .settings import AuthSettings, NatsSettings, NoAuth, TokenAuth, UserPasswordAuth
 
 ENV_URL = "FLEET_NATS_URL"
 ENV_USER = "FLEET_NATS_USER"
@@ -115,7 +115,7 @@ def resolve_settings(
     urls = ([url] if isinstance(url, str) else url) if url else base.urls  # type: ignore[union-attr]
     urls = [u.strip() for item in urls for u in item.split(",") if u.strip()]
 
-    auth: UserPasswordAuth | TokenAuth | NoAuth
+    auth: AuthSettings
     if token:
         auth = TokenAuth(token=token)
     elif user or password:

@@ -55,11 +55,37 @@ class TokenAuth(_Settings):
         return self.token_file.read_text(encoding="utf-8").strip()
 
 
+class ZitadelAuth(_Settings):
+    """A Zitadel machine key exchanged for short-lived access tokens (RFC 7523 JWT profile).
+
+    The NATS auth callout validates the token; the connection is refreshed before it expires.
+    """
+
+    mode: Literal["zitadel"] = "zitadel"
+    issuer: str = Field(pattern=r"^https?://", description="Zitadel instance URL (the issuer)")
+    key_file: Path = Field(description="Zitadel machine-key JSON (type, keyId, key, userId)")
+    project_id: str = Field(min_length=1, description="The fleet project: the token audience")
+    refresh_leeway_s: float = Field(
+        default=300, gt=0, description="Fetch a new token this long before the current expires"
+    )
+    http_timeout_s: float = Field(default=10, gt=0)
+
+    def scopes(self) -> str:
+        return " ".join((
+            "openid",
+            f"urn:zitadel:iam:org:project:id:{self.project_id}:aud",
+            "urn:zitadel:iam:org:projects:roles",
+            "urn:zitadel:iam:user:metadata",
+        ))
+
+
 class NoAuth(_Settings):
     mode: Literal["none"] = "none"
 
 
-AuthSettings = Annotated[UserPasswordAuth | TokenAuth | NoAuth, Field(discriminator="mode")]
+AuthSettings = Annotated[
+    UserPasswordAuth | TokenAuth | ZitadelAuth | NoAuth, Field(discriminator="mode")
+]
 
 
 class NatsSettings(_Settings):

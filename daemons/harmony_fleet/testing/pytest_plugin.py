@@ -12,48 +12,70 @@ Load it from a ``conftest.py`` with ``pytest_plugins = ["harmony_fleet.testing.p
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import secrets
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import pytest
 from nats.aio.client import Client as NatsClient
 
 from harmony_fleet.bus import FleetCommandsClient, drain
-from harmony_fleet.natsconf import StaticUser
 
-from .nats_server import NatsServer
+from .services import AuthMode, FleetServices, start_services
 from .stack import LocalStack
 
 
 @dataclass(frozen=True)
 class SharedServer:
-    """What the session-wide server hands to each test's stack."""
+    """The session's server side; each test gets its own :class:`LocalStack` view of it."""
 
-    workdir: Path
-    server: NatsServer
-    admin: StaticUser
-    device_user: StaticUser
+    services: FleetServices
 
     def stack(self) -> LocalStack:
-        return LocalStack(self.workdir, self.server, self.admin, self.device_user,
-                          owns_server=False)
+        return LocalStack(self.services.workdir, self.services, owns_server=False)
 
 
-@pytest.fixture(scope="session")
-def fleet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedServer]:
-    workdir = tmp_path_factory.mktemp("fleet-server")
-    server, admin, device_user = LocalStack.new_server(workdir)
-    shared = SharedServer(workdir, server, admin, device_user)
+def _shared(tmp_path_factory: pytest.TempPathFactory, auth: AuthMode,
+            **options: Any) -> Iterator[SharedServer]:
+    workdir = tmp_path_factory.mktemp(f"fleet-{auth}")
+    services = start_services(workdir, auth=auth, **options)
+    shared = SharedServer(services)
     try:
         asyncio.run(shared.stack().ensure_buckets())
         yield shared
     finally:
-        server.stop()
+        services.stop()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def fleet_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedServer]:
+    """Dev-mode server (shared device user) with the report writer."""
+    yield from _shared(tmp_path_factory, "dev")
+
+
+@pytest.fixture(scope="session")
+def fleet_callout_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SharedServer]:
+    """Callout-mode server: OIDC issuer, fleet-callout, per-device machine keys.
+
+    Tokens live ``FLEET_TEST_TOKEN_LIFETIME_S`` seconds (default 30) so rollovers happen
+    during the tests.
+    """
+    lifetime = int(os.environ.get("FLEET_TEST_TOKEN_LIFETIME_S", "30"))
+    yield from _shared(tmp_path_factory, "callout", token_lifetime_s=lifetime)
+
+
+@pytest.fixture
+async def fleet_callout_stack(fleet_callout_server: SharedServer) -> AsyncIterator[LocalStack]:
+    stack = fleet_callout_server.stack()
+    try:
+        yield stack
+    finally:
+        await stack.down()
 
 
 @pytest.fixture

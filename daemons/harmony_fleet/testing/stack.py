@@ -21,7 +21,6 @@ import contextlib
 import json
 import logging
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -46,9 +45,10 @@ from harmony_fleet.bus import (
     ensure_buckets,
 )
 from harmony_fleet.contracts.base import utcnow
-from harmony_fleet.natsconf import ServerConfig, StaticUser
+from harmony_fleet.natsconf import StaticUser
 
-from .nats_server import NatsServer, free_port
+from .nats_server import NatsServer
+from .services import AuthMode, FleetServices, start_services
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +86,9 @@ class DeviceHandle:
             "labels": self.labels,
             "runtime_enabled": self.runtime_enabled,
             "mode": self.mode,
+            # callout mode: the device's own Zitadel machine key (authenticate as this device)
+            "key_file": str(self.config_file.parent / "zitadel-key.json")
+            if (self.config_file.parent / "zitadel-key.json").exists() else None,
         }
 
 
@@ -94,9 +97,7 @@ class LocalStack:
     """A running local fleet. Build it with :meth:`up` (own server) or :meth:`on_server`."""
 
     workdir: Path
-    server: NatsServer
-    admin: StaticUser
-    device_user: StaticUser
+    services: FleetServices
     owns_server: bool
     state_file: Path | None = None
     detach: bool = False
@@ -104,23 +105,17 @@ class LocalStack:
     started_at: str = field(default_factory=lambda: utcnow().isoformat())
 
     # ---- construction ------------------------------------------------------------------
-    @classmethod
-    def new_server(
-        cls, workdir: Path, *, detach: bool = False
-    ) -> tuple[NatsServer, StaticUser, StaticUser]:
-        """Start a dev-mode nats-server (shared user/pass: INSECURE, local use only)."""
-        admin = StaticUser("admin", secrets.token_urlsafe(18))
-        device = StaticUser("device", secrets.token_urlsafe(18))
-        config = ServerConfig(
-            port=free_port(),
-            http_port=free_port(),
-            store_dir=workdir / "jetstream",
-            fleet_users=[admin, device],
-            sys_user=StaticUser("sys", secrets.token_urlsafe(18)),
-        )
-        server = NatsServer(config, workdir, detach=detach)
-        server.start()
-        return server, admin, device
+    @property
+    def server(self) -> NatsServer:
+        return self.services.server
+
+    @property
+    def admin(self) -> StaticUser:
+        return self.services.admin
+
+    @property
+    def auth(self) -> AuthMode:
+        return self.services.auth
 
     @classmethod
     async def up(
@@ -134,12 +129,14 @@ class LocalStack:
         workdir: Path | None = None,
         state_file: Path | None = None,
         detach: bool = False,
+        auth: AuthMode = "dev",
+        token_lifetime_s: int = 3600,
     ) -> LocalStack:
         """Start everything; return when every agent answers a ping."""
         workdir = workdir or Path(tempfile.mkdtemp(prefix="fleet-stack-"))
-        server, admin, device_user = cls.new_server(workdir, detach=detach)
-        stack = cls(workdir, server, admin, device_user, owns_server=True,
-                    state_file=state_file, detach=detach)
+        services = await asyncio.to_thread(start_services, workdir, auth=auth, detach=detach,
+                                           token_lifetime_s=token_lifetime_s)
+        stack = cls(workdir, services, owns_server=True, state_file=state_file, detach=detach)
         try:
             await stack.ensure_buckets()
             ids = (
@@ -187,9 +184,7 @@ class LocalStack:
     ) -> Path:
         agent_dir = self.workdir / "agents" / device_id
         agent_dir.mkdir(parents=True, exist_ok=True)
-        password_file = agent_dir / "nats-password"
-        password_file.write_text(self.device_user.password, encoding="utf-8")
-        password_file.chmod(0o600)
+        auth_toml = self._agent_auth(device_id, agent_dir)
         # a quick local loop: containers that die are noticed within ~2 s
         runtime_options = {"reconcile_interval_s": 2, "watch_heartbeat_s": 1,
                            "stop_timeout_s": 2, **(runtime or {})}
@@ -205,9 +200,7 @@ class LocalStack:
             "\n[nats]\n"
             f"urls = [{json.dumps(self.nats_url)}]\n"
             "\n[nats.auth]\n"
-            'mode = "userpass"\n'
-            f"user = {json.dumps(self.device_user.user)}\n"
-            f"password_file = {json.dumps(str(password_file))}\n"
+            + auth_toml
             + "\n[runtime]\n"
             + "".join(f"{k} = {json.dumps(v)}\n" for k, v in runtime_options.items())
             + (f"\n{extra_toml}\n" if extra_toml else ""),
@@ -215,6 +208,24 @@ class LocalStack:
         )
         config_file.chmod(0o600)
         return config_file
+
+    def _agent_auth(self, device_id: str, agent_dir: Path) -> str:
+        """The agent's ``[nats.auth]`` body: the shared dev user, or its own machine key."""
+        if self.services.device_user is not None:
+            password_file = agent_dir / "nats-password"
+            password_file.touch(mode=0o600, exist_ok=True)
+            password_file.write_text(self.services.device_user.password, encoding="utf-8")
+            return ('mode = "userpass"\n'
+                    f"user = {json.dumps(self.services.device_user.user)}\n"
+                    f"password_file = {json.dumps(str(password_file))}\n")
+        issuer = self.services.issuer
+        assert issuer is not None
+        key_file = agent_dir / "zitadel-key.json"
+        self.services.enroll_device(device_id, key_file)
+        return ('mode = "zitadel"\n'
+                f"issuer = {json.dumps(issuer.url)}\n"
+                f"key_file = {json.dumps(str(key_file))}\n"
+                f"project_id = {json.dumps(issuer.project_id)}\n")
 
     async def add_device(
         self,
@@ -231,8 +242,8 @@ class LocalStack:
         if device_id in self.devices:
             raise StackError(f"device {device_id} already exists in this stack")
         labels = dict(labels or {})
-        config_file = self._write_agent_config(
-            device_id, labels, runtime_enabled, extra_toml, runtime
+        config_file = await asyncio.to_thread(
+            self._write_agent_config, device_id, labels, runtime_enabled, extra_toml, runtime
         )
         handle = DeviceHandle(device_id, config_file, None, labels, runtime_enabled, mode)
         if mode == "subprocess":
@@ -305,15 +316,15 @@ class LocalStack:
         return {
             "version": STATE_VERSION,
             "started_at": self.started_at,
-            "auth_mode": "dev",
-            "insecure": True,
+            "auth_mode": self.auth,
+            "insecure": self.auth == "dev",
             "nats_url": self.nats_url,
             "monitor_url": self.server.monitor_url,
-            "connection": {
-                "urls": [self.nats_url],
-                "auth": {"mode": "userpass", "user": self.admin.user,
-                         "password": self.admin.password},
-            },
+            # what the CLI and the Ansible plugins use: in callout mode an admin machine key,
+            # authenticated by the callout like any client; in dev mode the static admin
+            "connection": {"urls": [self.nats_url], "auth": self._admin_auth()},
+            "bootstrap_admin": {"user": self.admin.user, "password": self.admin.password},
+            **self.services.describe(),
             "workdir": str(self.workdir),
             "nats_server": {
                 "pid": self.server.pid,
@@ -322,6 +333,13 @@ class LocalStack:
             },
             "devices": [h.describe() for h in self.devices.values()],
         }
+
+    def _admin_auth(self) -> dict[str, Any]:
+        issuer = self.services.issuer
+        if issuer is None:
+            return {"mode": "userpass", "user": self.admin.user, "password": self.admin.password}
+        return {"mode": "zitadel", "issuer": issuer.url, "key_file": str(issuer.admin_key_file),
+                "project_id": issuer.project_id}
 
     def write_state(self) -> None:
         if self.state_file is None:
@@ -346,7 +364,7 @@ class LocalStack:
         if remove_containers and runtime_devices:
             await asyncio.to_thread(remove_device_containers, runtime_devices)
         if self.owns_server:
-            await asyncio.to_thread(self.server.stop)
+            await asyncio.to_thread(self.services.stop)
         if self.state_file is not None:
             with contextlib.suppress(FileNotFoundError):
                 self.state_file.unlink()
@@ -428,6 +446,7 @@ def down_from_state(state_file: Path, timeout: float = 15.0) -> list[str]:
     targets = [
         (d.get("pid"), d["config_file"], f"agent {d['device_id']}") for d in state["devices"]
     ]
+    targets += [(p.get("pid"), p["match"], p["name"]) for p in state.get("processes", [])]
     server = state["nats_server"]
     targets.append((server.get("pid"), server["config_file"], "nats-server"))
     for pid, needle, what in targets:
