@@ -72,16 +72,25 @@ async def test_agent_without_runtime_answers_and_reports(
     assert (await fleet_client.ping(device_id)).device_id == device_id
 
     js = admin_nc.jetstream()
-    info_raw = (await read_bucket(js, BUCKET_DEVICE_INFO, device_info_key(device_id)))
-    info = DeviceInfo.model_validate_json(info_raw[device_info_key(device_id)])
+
+    async def read(bucket: str, key: str) -> bytes:
+        for _ in range(100):  # written by the report writer just after the agent connects
+            values = await read_bucket(js, bucket, key)
+            if key in values:
+                return values[key]
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{bucket} {key} never written")
+
+    info = DeviceInfo.model_validate_json(
+        await read(BUCKET_DEVICE_INFO, device_info_key(device_id)))
     assert info.device_id == device_id
     assert info.runtime_enabled is False
     assert info.labels == {"site": "lab"}
     assert info.inventory.podman_version is None
     assert info.inventory.cpus >= 1
 
-    hb_raw = await read_bucket(js, BUCKET_DEVICE_HEARTBEAT, device_heartbeat_key(device_id))
-    heartbeat = Heartbeat.model_validate_json(hb_raw[device_heartbeat_key(device_id)])
+    heartbeat = Heartbeat.model_validate_json(
+        await read(BUCKET_DEVICE_HEARTBEAT, device_heartbeat_key(device_id)))
     assert heartbeat.device_id == device_id
 
 

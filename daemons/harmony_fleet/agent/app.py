@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from nats.aio.client import Client as NatsClient
@@ -19,7 +20,6 @@ from pydantic import BaseModel
 
 import harmony_fleet
 from harmony_fleet.bus import connect, drain, provider_from_settings
-from harmony_fleet.bus.connection import keep_authenticated
 from harmony_fleet.bus.credentials import CredentialProvider
 from harmony_fleet.contracts import (
     DeploymentState,
@@ -61,8 +61,8 @@ class Agent:
         self.ready = asyncio.Event()
         self.runtime = PodmanRuntime(config.runtime.podman) if config.agent.runtime_enabled \
             else None
-        self.watcher: DesiredStateWatcher | None = None
-        self._reporter: Reporter | None = None
+        self._link: _Link | None = None
+        self._desired_changed = asyncio.Event()
         self._credentials = credentials or provider_from_settings(config.nats.auth)
         rt = config.runtime
         self.reconciler = Reconciler(
@@ -102,7 +102,9 @@ class Agent:
         action: Callable[[], Awaitable[None]],
         wake: asyncio.Event | None = None,
     ) -> None:
-        """Run ``action`` now and every ``interval`` s (or when ``wake`` is set); never raise."""
+        """Run ``action`` once connected, then every ``interval`` s (or when ``wake`` is set);
+        never raise."""
+        await self.ready.wait()
         while True:
             try:
                 await action()
@@ -117,9 +119,14 @@ class Agent:
                 await asyncio.wait_for(wake.wait(), timeout=interval)
             wake.clear()
 
-    async def _publish_info(self, reporter: Reporter) -> None:
+    def _current_reporter(self) -> Reporter:
+        if self._link is None:
+            raise ReportFailed("not connected")
+        return self._link.reporter
+
+    async def _publish_info(self) -> None:
         inventory = await collect_inventory(self.runtime)
-        await reporter.info(
+        await self._current_reporter().info(
             DeviceInfo(
                 device_id=self.device_id,
                 agent_version=self.version,
@@ -131,8 +138,8 @@ class Agent:
             )
         )
 
-    async def _publish_heartbeat(self, reporter: Reporter) -> None:
-        await reporter.heartbeat(
+    async def _publish_heartbeat(self) -> None:
+        await self._current_reporter().heartbeat(
             Heartbeat(
                 device_id=self.device_id,
                 timestamp=utcnow(),
@@ -142,97 +149,134 @@ class Agent:
         )
 
     # ---- lifecycle -------------------------------------------------------------------
-    async def _on_reconnect(self) -> None:
-        self._republish_info.set()
-        if self.watcher is not None:
-            self.watcher.request_reset()  # the consumer may be gone (e.g. a server restart)
-
     async def _report_state(self, state: DeploymentState) -> None:
-        if self._reporter is None:
-            raise ReportFailed("not connected")
-        await self._reporter.state(state)
+        await self._current_reporter().state(state)
 
-    def _workload_tasks(self, nc: NatsClient, stop: asyncio.Event) -> dict[str, Any]:
-        if self.runtime is None or self.reconciler is None:
-            return {}
-        self.watcher = watcher = DesiredStateWatcher(
-            nc, self.device_id, idle_heartbeat_s=self.config.runtime.watch_heartbeat_s
-        )
+    def _desired_view(self) -> dict[str, DesiredEntry] | None:
+        link = self._link
+        if link is None or link.watcher is None or not link.watcher.view.generation:
+            return None
+        return link.watcher.view.values
 
-        def view() -> dict[str, DesiredEntry] | None:
-            return watcher.view.values if watcher.view.generation else None
+    async def _open_link(self, stop: asyncio.Event) -> _Link:
+        """Connect and start serving on that connection (commands, reports, the watch)."""
+        closed = asyncio.Event()
+        link_ref: list[_Link] = []
 
-        return {
-            "desired-state-watch": watcher.run(stop),
-            "reconciler": self.reconciler.run(view, watcher.changed, stop),
-        }
-
-    async def connect(self, stop: asyncio.Event, closed: asyncio.Event) -> NatsClient:
         async def on_closed() -> None:
             closed.set()
 
-        return await connect(
-            self.config.nats,
-            name=f"fleet-agent {self.device_id}",
-            credentials=self._credentials,
-            inbox_prefix=f"_INBOX.{self.device_id}",
-            stop=stop,
-            reconnected_cb=self._on_reconnect,
-            closed_cb=on_closed,
-        )
+        async def on_reconnect() -> None:
+            self._republish_info.set()
+            if link_ref and link_ref[0].watcher is not None:
+                link_ref[0].watcher.request_reset()  # the consumer may be gone
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop``. A connection closed for good (e.g. its credentials expired
-        while the issuer was unreachable) is replaced by a fresh one."""
+        nc = await connect(
+            self.config.nats, name=f"fleet-agent {self.device_id}",
+            credentials=self._credentials, inbox_prefix=f"_INBOX.{self.device_id}",
+            stop=stop, reconnected_cb=on_reconnect, closed_cb=on_closed,
+        )
+        server = CommandServer(nc, self.device_id, self.handlers(),
+                               max_concurrent=self.config.agent.max_concurrent_commands)
+        link = _Link(nc, server, Reporter(nc, self.device_id), closed)
+        link_ref.append(link)
+        await server.start()
+        if self.runtime is not None:
+            link.watcher = DesiredStateWatcher(
+                nc, self.device_id, idle_heartbeat_s=self.config.runtime.watch_heartbeat_s,
+                changed=self._desired_changed,
+            )
+            link.watch_task = asyncio.create_task(link.watcher.run(link.stop),
+                                                  name="desired-state-watch")
+        return link
+
+    async def _close_link(self, link: _Link) -> None:
+        link.stop.set()
+        await link.server.stop(timeout=self.config.agent.shutdown_timeout_s / 2)
+        if link.watch_task is not None:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(link.watch_task, 5)
+        await drain(link.nc, timeout=self.config.nats.drain_timeout_s)
+
+    async def _connection(self, stop: asyncio.Event) -> None:
+        """Keep one live link. On a token refresh, make before break: the new connection
+        (authenticated with the new token) subscribes first, then the old one drains, so no
+        command finds the device unreachable. Commands use a queue group, so each is served
+        once even while both links are up. A link closed for good is replaced."""
+        refreshed: asyncio.Event | None = getattr(self._credentials, "refreshed", None)
+        refresher = getattr(self._credentials, "run", None)
+        refresh_task = asyncio.create_task(refresher(stop)) if refresher else None
         try:
+            self._link = await self._open_link(stop)
+            self._link_ready()
             while not stop.is_set():
-                await self._session(stop)
-                if not stop.is_set():
+                link = self._link
+                waits = [asyncio.ensure_future(stop.wait()),
+                         asyncio.ensure_future(link.closed.wait())]
+                if refreshed is not None:
+                    refreshed.clear()
+                    waits.append(asyncio.ensure_future(refreshed.wait()))
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                for w in waits:
+                    w.cancel()
+                if stop.is_set():
+                    break
+                if link.closed.is_set():
                     log.warning("NATS connection closed; connecting again",
                                 extra={"device": self.device_id})
+                else:
+                    log.info("credentials refreshed: moving to a new connection",
+                             extra={"device": self.device_id})
+                self._link = await self._open_link(stop)
+                self._republish_info.set()
+                await self._close_link(link)
+        finally:
+            if refresh_task is not None:
+                refresh_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await refresh_task
+            if self._link is not None:
+                await self._close_link(self._link)
+                self._link = None
+
+    def _link_ready(self) -> None:
+        if not self.ready.is_set():
+            self.ready.set()
+            sd_notify("READY=1")
+            log.info(
+                "agent %s %s running (runtime %s)", self.device_id, self.version,
+                "enabled" if self.runtime is not None else "disabled",
+                extra={"device": self.device_id},
+            )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop``; the workloads keep running after it returns."""
+        agent = self.config.agent
+        tasks: dict[str, Any] = {
+            "connection": self._connection(stop),
+            "heartbeat": self._every("heartbeat", agent.heartbeat_interval_s,
+                                     self._publish_heartbeat),
+            "device-info": self._every("device-info", agent.info_interval_s,
+                                       self._publish_info, wake=self._republish_info),
+        }
+        if self.reconciler is not None:
+            tasks["reconciler"] = self.reconciler.run(self._desired_view,
+                                                      self._desired_changed, stop)
+        try:
+            await supervise(tasks, stop, shutdown_timeout=agent.shutdown_timeout_s)
         finally:
             sd_notify("STOPPING=1")
             log.info("agent %s stopped", self.device_id, extra={"device": self.device_id})
 
-    async def _session(self, stop: asyncio.Event) -> None:
-        closed = asyncio.Event()
-        nc = await self.connect(stop, closed)
-        server = CommandServer(
-            nc, self.device_id, self.handlers(),
-            max_concurrent=self.config.agent.max_concurrent_commands,
-        )
-        self._reporter = reporter = Reporter(nc, self.device_id)
-        agent = self.config.agent
-        session_stop = asyncio.Event()
-        try:
-            await server.start()
-            if not self.ready.is_set():
-                self.ready.set()
-                sd_notify("READY=1")
-                log.info(
-                    "agent %s %s running (runtime %s)", self.device_id, self.version,
-                    "enabled" if agent.runtime_enabled else "disabled",
-                    extra={"device": self.device_id},
-                )
-            await supervise(
-                {
-                    "heartbeat": self._every(
-                        "heartbeat", agent.heartbeat_interval_s,
-                        lambda: self._publish_heartbeat(reporter),
-                    ),
-                    "device-info": self._every(
-                        "device-info", agent.info_interval_s,
-                        lambda: self._publish_info(reporter), wake=self._republish_info,
-                    ),
-                    "credentials": keep_authenticated(nc, self._credentials, session_stop),
-                    **self._workload_tasks(nc, session_stop),
-                    "stop": stop.wait(),
-                    "connection-closed": closed.wait(),
-                },
-                session_stop,
-                shutdown_timeout=agent.shutdown_timeout_s,
-            )
-        finally:
-            self._reporter = None
-            await server.stop(timeout=agent.shutdown_timeout_s / 2)
-            await drain(nc, timeout=self.config.nats.drain_timeout_s)
+
+@dataclass
+class _Link:
+    """One NATS connection and what serves on it."""
+
+    nc: NatsClient
+    server: CommandServer
+    reporter: Reporter
+    closed: asyncio.Event
+    watcher: DesiredStateWatcher | None = None
+    watch_task: asyncio.Task[None] | None = None
+    stop: asyncio.Event = field(default_factory=asyncio.Event)

@@ -99,8 +99,11 @@ class CommandServer:
         self._sub: Subscription | None = None
 
     async def start(self) -> None:
+        # a queue group: while the agent moves to a new connection (token rollover) both
+        # are subscribed for a moment, and each command must still be served exactly once
         self._sub = await self._nc.subscribe(
-            device_command_subscription(self._device_id), cb=self._on_message
+            device_command_subscription(self._device_id), queue=f"fleet-agent.{self._device_id}",
+            cb=self._on_message,
         )
         await self._nc.flush()
         log.info("answering commands", extra={"device": self._device_id})

@@ -137,6 +137,7 @@ class DesiredStateWatcher:
         idle_heartbeat_s: float = 5.0,
         inactive_threshold_s: float = 60.0,
         backoff_s: float = 1.0,
+        changed: asyncio.Event | None = None,
     ) -> None:
         self._nc = nc
         self._device_id = device_id
@@ -144,7 +145,7 @@ class DesiredStateWatcher:
         self._inactive = inactive_threshold_s
         self._backoff = backoff_s
         self.view = DesiredView()
-        self.changed = asyncio.Event()
+        self.changed = changed or asyncio.Event()
         self._reset = asyncio.Event()
         self._stream = kv_stream_name(BUCKET_DESIRED_STATE)
         self._filter = kv_subject(BUCKET_DESIRED_STATE, desired_state_filter(device_id))

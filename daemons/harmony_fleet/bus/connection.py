@@ -115,16 +115,17 @@ async def connect(
         except Exception as raised:  # nats-py raises a variety of types here
             # "no servers available" hides the cause: report the last socket/auth error
             exc = events.first_connect_errors[-1] if events.first_connect_errors else raised
+            reason = str(exc) or type(exc).__name__  # TimeoutError has no message
             total = f"/{limit}" if limit else ""
             if limit is not None and attempt >= limit:
                 raise ConnectError(
                     f"could not connect to {', '.join(settings.urls)} as {creds.describe()} "
-                    f"after {attempt} attempt(s): {exc}"
+                    f"after {attempt} attempt(s): {reason}"
                 ) from raised
             delay = next(delays)
             log.warning(
                 "connect attempt #%d%s to %s failed: %s; will retry in %.1fs",
-                attempt, total, ",".join(settings.urls), exc, delay,
+                attempt, total, ",".join(settings.urls), reason, delay,
                 extra={"client": name},
             )
             if stop is None:
