@@ -58,9 +58,25 @@ class ServerConfig:
     callout: CalloutConfig | None = None
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
 def _q(value: str) -> str:
-    """Quote a string for the NATS config format (JSON string syntax is accepted)."""
-    return json.dumps(value)
+    """Quote a string for the NATS config format.
+
+    Its parser knows only the escapes ``\\x.. \\t \\n \\r \\" \\\\`` (no ``\\u``, unlike JSON);
+    anything else, non-ASCII included, goes in as raw UTF-8.
+    """
+    out = []
+    for char in value:
+        if char in _ESCAPES:
+            out.append(_ESCAPES[char])
+        elif ord(char) < 0x20 or ord(char) == 0x7F:
+            out.append(f"\\x{ord(char):02x}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
+
 
 
 def _user(u: StaticUser) -> str:

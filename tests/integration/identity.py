@@ -39,8 +39,7 @@ async def connect_device(services: FleetServices, device_id: str, tmp: Path,
 def issuer_twin(services: FleetServices) -> OidcIssuer:
     """The running issuer's keys and users, in this process: to mint tokens by hand."""
     assert services.issuer is not None
-    twin = load_registry(services.issuer.registry)
-    return twin
+    return load_registry(services.issuer.registry)
 
 
 async def connect_with_token(services: FleetServices, token: str | None) -> NatsClient:

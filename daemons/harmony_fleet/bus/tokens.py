@@ -55,8 +55,12 @@ class MachineKey:
         now = int(time.time())
         claims = {"iss": self.user_id, "sub": self.user_id, "aud": audience, "iat": now,
                   "exp": now + lifetime_s}
-        return jwt.encode(claims, self.private_key_pem, algorithm="RS256",
-                          headers={"kid": self.key_id})
+        try:
+            return jwt.encode(claims, self.private_key_pem, algorithm="RS256",
+                              headers={"kid": self.key_id})
+        except (jwt.PyJWTError, ValueError, TypeError) as exc:
+            raise TokenError(f"machine key {self.key_id} is not a usable RSA private key") \
+                from exc
 
 
 @dataclass(frozen=True)
@@ -98,7 +102,11 @@ def exchange(settings: ZitadelAuth, key: MachineKey) -> AccessToken:
     except (KeyError, TypeError, ValueError) as exc:
         raise TokenError("token endpoint answered without an access_token") from exc
     if not expires_in:
-        expires_in = float(jwt.decode(token, options={"verify_signature": False})["exp"]) - started
+        try:
+            claims = jwt.decode(token, options={"verify_signature": False})
+            expires_in = float(claims["exp"]) - started
+        except (jwt.PyJWTError, KeyError, TypeError, ValueError) as exc:
+            raise TokenError("the access token has neither expires_in nor an exp claim") from exc
     return AccessToken(token, started + expires_in, started)
 
 

@@ -90,9 +90,11 @@ def verify_nkey_signature(public_key: str, data: bytes, signature: bytes) -> Non
         raise NatsJwtError(f"public key {public_key[:8]}… is not base32") from exc
     if len(raw) != 35 or nkeys.crc16_checksum(raw[:-2]) != raw[-2:]:
         raise NatsJwtError(f"public key {public_key[:8]}… has a bad length or checksum")
+    if len(signature) != 64:
+        raise NatsJwtError(f"signature is {len(signature)} bytes, not 64")
     try:
         nacl.signing.VerifyKey(raw[1:-2]).verify(data, signature)
-    except nacl.exceptions.BadSignatureError as exc:
+    except (nacl.exceptions.CryptoError, ValueError) as exc:
         raise NatsJwtError("signature does not verify") from exc
 
 
@@ -174,8 +176,11 @@ def _curve_encode(prefix: int, raw: bytes) -> str:
 
 
 def _curve_public(public_key: str) -> nacl.public.PublicKey:
-    raw = _b32decode(public_key)
-    if raw[0] != _PREFIX_CURVE or nkeys.crc16_checksum(raw[:-2]) != raw[-2:]:
+    try:
+        raw = _b32decode(public_key)
+    except ValueError as exc:  # binascii.Error
+        raise NatsJwtError(f"{public_key[:8]}… is not an xkey (not base32)") from exc
+    if len(raw) != 35 or raw[0] != _PREFIX_CURVE or nkeys.crc16_checksum(raw[:-2]) != raw[-2:]:
         raise NatsJwtError(f"{public_key[:8]}… is not an xkey")
     return nacl.public.PublicKey(raw[1:-2])
 

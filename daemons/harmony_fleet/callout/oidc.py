@@ -52,11 +52,17 @@ class Identity:
     name: str
 
 
-def _project_roles(claims: dict[str, Any]) -> set[str]:
+def _project_roles(claims: dict[str, Any], project_id: str | None) -> set[str]:
+    """Roles of the fleet project only: the generic claim, and the project-specific one for
+    ``project_id`` (a token carrying several projects must not lend another project's
+    ``fleet-admin`` role)."""
     roles: set[str] = set()
-    for key, value in claims.items():
-        if (key == ROLES_CLAIM or (key.startswith("urn:zitadel:iam:org:project:")
-                                   and key.endswith(":roles"))) and isinstance(value, dict):
+    keys = [ROLES_CLAIM]
+    if project_id:
+        keys.append(f"urn:zitadel:iam:org:project:{project_id}:roles")
+    for key in keys:
+        value = claims.get(key)
+        if isinstance(value, dict):
             roles.update(str(r) for r in value)
     return roles
 
@@ -73,10 +79,10 @@ def _device_from_metadata(claims: dict[str, Any]) -> str | None:
             from exc
 
 
-def identity_from_claims(claims: dict[str, Any]) -> Identity:
+def identity_from_claims(claims: dict[str, Any], project_id: str | None = None) -> Identity:
     """Pure: the fleet identity a validated token describes."""
     subject = str(claims.get("sub", ""))
-    roles = frozenset(_project_roles(claims))
+    roles = frozenset(_project_roles(claims, project_id))
     return Identity(
         subject=subject,
         device_id=_device_from_metadata(claims),
@@ -169,4 +175,4 @@ class TokenValidator:
             raise TokenRejected("signature", "signature does not verify") from exc
         except jwt.PyJWTError as exc:
             raise TokenRejected("invalid", str(exc)) from exc
-        return identity_from_claims(claims)
+        return identity_from_claims(claims, self.audience)

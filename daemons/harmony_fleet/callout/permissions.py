@@ -17,6 +17,9 @@ from typing import Any, Final
 
 from harmony_fleet.contracts import (
     BUCKET_DESIRED_STATE,
+    BUCKET_DEVICE_HEARTBEAT,
+    BUCKET_DEVICE_INFO,
+    BUCKET_DEVICE_STATE,
     COMMAND_SUBJECT_PREFIX,
     REPORT_SUBJECT_PREFIX,
     kv_stream_name,
@@ -64,9 +67,11 @@ def admin_permissions() -> dict[str, Any]:
 
 def writer_permissions() -> dict[str, Any]:
     """The report writer's static user: read reports, write the three report buckets."""
+    buckets = (BUCKET_DEVICE_STATE, BUCKET_DEVICE_INFO, BUCKET_DEVICE_HEARTBEAT)
     return {
-        "publish": ["$KV.device-state.>", "$KV.device-info.>", "$KV.device-heartbeat.>",
-                    "$JS.API.>", "_INBOX.>"],
+        "publish": [*(kv_subject(b, ">") for b in buckets),
+                    *(f"$JS.API.STREAM.INFO.{kv_stream_name(b)}" for b in buckets),
+                    "_INBOX.>"],
         "subscribe": [f"{REPORT_SUBJECT_PREFIX}.>", "_INBOX.>"],
     }
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -364,7 +364,7 @@ class FleetOperator:
                 DEVICE_WRITES.labels(op="status").inc()
 
     # ---- run -------------------------------------------------------------------------
-    def tasks(self, stop: asyncio.Event) -> dict[str, Awaitable[None]]:
+    def tasks(self, stop: asyncio.Event) -> dict[str, Coroutine[Any, Any, None]]:
         s = self.settings
         return {
             "lease": self.elector.run(stop),

@@ -1,0 +1,173 @@
+"""``fleet-operator`` entry point and configuration.
+
+Example ``/etc/fleet-operator/config.toml`` (env ``FLEET_OPERATOR_<SECTION>__<FIELD>``)::
+
+    [operator]
+    namespaces = []                 # empty: every namespace (cluster-wide)
+    lease_namespace = "harmony-fleet"
+    offline_after_s = 60
+    probe_listen = "0.0.0.0:8080"   # /healthz (kopf liveness, includes "leader")
+
+    [kube]                          # omit in a pod: the service account is used
+    server = "https://127.0.0.1:6443"
+    token_file = "/path/to/token"
+    ca_file = "/path/to/ca.crt"
+
+    [nats]
+    urls = ["nats://nats.harmony-fleet:4222"]
+    auth = { mode = "zitadel", issuer = "https://zitadel.example.net",
+             key_file = "/etc/fleet-operator/zitadel-key.json", project_id = "2547..." }
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+from pathlib import Path
+from typing import Any
+
+import kopf
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from harmony_fleet.bus import connect, drain
+from harmony_fleet.bus.settings import NatsSettings
+from harmony_fleet.config import ConfigError, LogSection, MetricsSection, Section, TomlConfig
+from harmony_fleet.daemon import install_stop_signals, setup_logging, start_metrics_server, supervise
+
+from .app import FleetOperator, OperatorSettings
+from .kube import KubeClient, KubeTarget
+
+log = logging.getLogger("harmony_fleet.operator")
+DEFAULT_CONFIG = Path("/etc/fleet-operator/config.toml")
+
+
+class OperatorSection(Section):
+    namespaces: list[str] = Field(default_factory=list)
+    lease_namespace: str = "harmony-fleet"
+    lease_name: str = "fleet-operator"
+    identity: str = Field(default_factory=socket.gethostname)
+    offline_after_s: float = Field(default=60, gt=0)
+    probe_listen: str | None = Field(default="0.0.0.0:8080", pattern=r"^[^:]*:\d+$")
+
+
+class KubeSection(Section):
+    server: str | None = None
+    token_file: Path | None = None
+    ca_file: Path | None = None
+    insecure: bool = False
+
+    def target(self) -> KubeTarget:
+        if self.server is None:
+            return KubeTarget.in_cluster()
+        token = self.token_file.read_text(encoding="utf-8").strip() if self.token_file else None
+        return KubeTarget(self.server, token, self.ca_file, self.insecure)
+
+
+class OperatorConfig(TomlConfig):
+    operator: OperatorSection = Field(default_factory=OperatorSection)
+    kube: KubeSection = Field(default_factory=KubeSection)
+    nats: NatsSettings = Field(default_factory=NatsSettings)
+    log: LogSection = Field(default_factory=LogSection)
+    metrics: MetricsSection = Field(default_factory=MetricsSection)
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLEET_OPERATOR_", env_nested_delimiter="__", extra="forbid"
+    )
+
+
+def build_registry(operator: FleetOperator, target: KubeTarget,
+                   tune: dict[str, Any] | None = None) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    operator.register(registry)
+
+    @kopf.on.login(registry=registry)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(
+            server=target.server, token=target.token, insecure=target.insecure,
+            ca_path=str(target.ca_file) if target.ca_file else None,
+        )
+
+    @kopf.on.startup(registry=registry)
+    def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = "fleet.nationtech.io/desired-state-cleanup"
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix="fleet.nationtech.io")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+            prefix="fleet.nationtech.io")
+        for key, value in (tune or {}).items():
+            section, _sep, name = key.partition(".")
+            setattr(getattr(settings, section), name, value)
+
+    return registry
+
+
+async def run_operator(
+    config: OperatorConfig, stop: asyncio.Event, *, target: KubeTarget | None = None,
+    settings: OperatorSettings | None = None, kopf_tune: dict[str, Any] | None = None,
+    started: asyncio.Event | None = None, holder: list[FleetOperator] | None = None,
+) -> None:
+    """Run until ``stop``: NATS views, the elector, the writers, and kopf."""
+    target = target or config.kube.target()
+    nc = await connect(config.nats, name="fleet-operator", stop=stop)
+    kube = KubeClient(target)
+    op_settings = settings or OperatorSettings(
+        lease_namespace=config.operator.lease_namespace,
+        lease_name=config.operator.lease_name, identity=config.operator.identity,
+        offline_after_s=config.operator.offline_after_s,
+    )
+    operator = FleetOperator(nc, kube, op_settings)
+    if holder is not None:
+        holder.append(operator)
+    registry = build_registry(operator, target, kopf_tune)
+    namespaces = config.operator.namespaces
+    probe = config.operator.probe_listen
+    kopf_run = kopf.operator(
+        registry=registry, standalone=True, clusterwide=not namespaces,
+        namespaces=namespaces, stop_flag=stop,
+        liveness_endpoint=f"http://{probe}/healthz" if probe else None,
+    )
+    if started is not None:
+        started.set()
+    try:
+        await supervise({"kopf": kopf_run, **operator.tasks(stop)}, stop, shutdown_timeout=15)
+    finally:
+        await kube.close()
+        await drain(nc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fleet-operator", description=__doc__.splitlines()[0])
+    parser.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
+    parser.add_argument("--check-config", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        config = OperatorConfig.load(args.config)
+    except ConfigError as exc:
+        print(f"fleet-operator: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    if args.check_config:
+        print(f"{args.config}: OK")
+        return 0
+    setup_logging(config.log.level, config.log.json_logs)
+    if config.metrics.listen:
+        start_metrics_server(config.metrics.listen)
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await run_operator(config, stop)
+
+    try:
+        asyncio.run(_main())
+    except Exception:
+        log.exception("fleet-operator failed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
