@@ -42,7 +42,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from harmony_fleet.bus.settings import NatsSettings
-from harmony_fleet.config import ConfigError, LogSection, MetricsSection, Section, TomlConfig
+from harmony_fleet.config import ConfigError, DaemonConfig, Section
 from harmony_fleet.contracts import MAX_DESIRED_STATE_BYTES, DeviceId, Labels
 
 __all__ = ["AgentConfig", "ConfigError", "ExecRule", "ExecSection", "RuntimeSection"]
@@ -110,13 +110,11 @@ class ExecSection(Section):
         return self.enabled and any(r.allows(deployment, service, program) for r in self.allow)
 
 
-class AgentConfig(TomlConfig):
+class AgentConfig(DaemonConfig):
     agent: AgentSection
     runtime: RuntimeSection = Field(default_factory=RuntimeSection)
     exec: ExecSection = Field(default_factory=ExecSection)
     nats: NatsSettings = Field(default_factory=NatsSettings)
-    log: LogSection = Field(default_factory=LogSection)
-    metrics: MetricsSection = Field(default_factory=MetricsSection)
 
     model_config = SettingsConfigDict(
         env_prefix="FLEET_AGENT_", env_nested_delimiter="__", extra="forbid"

@@ -31,7 +31,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from harmony_fleet.bus.settings import NatsSettings
-from harmony_fleet.config import LogSection, MetricsSection, Section, TomlConfig
+from harmony_fleet.config import DaemonConfig, Section
 
 
 class CalloutSection(Section):
@@ -63,12 +63,10 @@ class WriterSection(Section):
     nats: NatsSettings = Field(default_factory=NatsSettings)
 
 
-class CalloutConfig(TomlConfig):
+class CalloutConfig(DaemonConfig):
     callout: CalloutSection = Field(default_factory=lambda: CalloutSection(enabled=False))
     oidc: OidcSection = Field(default_factory=OidcSection)
     writer: WriterSection = Field(default_factory=WriterSection)
-    log: LogSection = Field(default_factory=LogSection)
-    metrics: MetricsSection = Field(default_factory=MetricsSection)
 
     model_config = SettingsConfigDict(
         env_prefix="FLEET_CALLOUT_", env_nested_delimiter="__", extra="forbid"

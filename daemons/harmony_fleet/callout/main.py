@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import sys
@@ -11,12 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from harmony_fleet.bus import connect, drain
-from harmony_fleet.config import ConfigError
+from harmony_fleet.config import daemon_main
 from harmony_fleet.daemon import (
-    install_stop_signals,
     sd_notify,
-    setup_logging,
-    start_metrics_server,
     supervise,
 )
 
@@ -84,33 +80,8 @@ async def run(config: CalloutConfig, stop: asyncio.Event) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fleet-callout", description=__doc__)
-    parser.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
-    parser.add_argument("--check-config", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        config = CalloutConfig.load(args.config)
-    except ConfigError as exc:
-        print(f"fleet-callout: invalid configuration: {exc}", file=sys.stderr)
-        return 2
-    if args.check_config:
-        print(f"{args.config}: OK")
-        return 0
-    setup_logging(config.log.level, config.log.json_logs)
-    if config.metrics.listen:
-        start_metrics_server(config.metrics.listen)
-
-    async def _main() -> None:
-        stop = asyncio.Event()
-        install_stop_signals(stop)
-        await run(config, stop)
-
-    try:
-        asyncio.run(_main())
-    except Exception:
-        log.exception("fleet-callout failed")
-        return 1
-    return 0
+    return daemon_main(argv, prog="fleet-callout", description=__doc__ or "",
+                       config_cls=CalloutConfig, default_config=DEFAULT_CONFIG, run=run)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ Example ``/etc/fleet-operator/config.toml`` (env ``FLEET_OPERATOR_<SECTION>__<FI
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import socket
@@ -35,8 +34,8 @@ from pydantic_settings import SettingsConfigDict
 
 from harmony_fleet.bus import connect, drain
 from harmony_fleet.bus.settings import NatsSettings
-from harmony_fleet.config import ConfigError, LogSection, MetricsSection, Section, TomlConfig
-from harmony_fleet.daemon import install_stop_signals, setup_logging, start_metrics_server, supervise
+from harmony_fleet.config import DaemonConfig, Section, daemon_main
+from harmony_fleet.daemon import supervise
 
 from .app import FleetOperator, OperatorSettings
 from .kube import KubeClient, KubeTarget
@@ -67,12 +66,10 @@ class KubeSection(Section):
         return KubeTarget(self.server, token, self.ca_file, self.insecure)
 
 
-class OperatorConfig(TomlConfig):
+class OperatorConfig(DaemonConfig):
     operator: OperatorSection = Field(default_factory=OperatorSection)
     kube: KubeSection = Field(default_factory=KubeSection)
     nats: NatsSettings = Field(default_factory=NatsSettings)
-    log: LogSection = Field(default_factory=LogSection)
-    metrics: MetricsSection = Field(default_factory=MetricsSection)
 
     model_config = SettingsConfigDict(
         env_prefix="FLEET_OPERATOR_", env_nested_delimiter="__", extra="forbid"
@@ -140,33 +137,11 @@ async def run_operator(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fleet-operator", description=__doc__.splitlines()[0])
-    parser.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG)
-    parser.add_argument("--check-config", action="store_true")
-    args = parser.parse_args(argv)
-    try:
-        config = OperatorConfig.load(args.config)
-    except ConfigError as exc:
-        print(f"fleet-operator: invalid configuration: {exc}", file=sys.stderr)
-        return 2
-    if args.check_config:
-        print(f"{args.config}: OK")
-        return 0
-    setup_logging(config.log.level, config.log.json_logs)
-    if config.metrics.listen:
-        start_metrics_server(config.metrics.listen)
-
-    async def _main() -> None:
-        stop = asyncio.Event()
-        install_stop_signals(stop)
+    async def _run(config: OperatorConfig, stop: asyncio.Event) -> None:
         await run_operator(config, stop)
 
-    try:
-        asyncio.run(_main())
-    except Exception:
-        log.exception("fleet-operator failed")
-        return 1
-    return 0
+    return daemon_main(argv, prog="fleet-operator", description=__doc__.splitlines()[0],
+                       config_cls=OperatorConfig, default_config=DEFAULT_CONFIG, run=_run)
 
 
 if __name__ == "__main__":
