@@ -239,3 +239,28 @@ async def test_bad_tokens_are_denied(fleet_callout_server: SharedServer) -> None
     # the control: a good token from the same keys is allowed
     nc = await connect_with_token(services, twin.issue_token(device))
     await nc.close()
+
+
+async def test_management_api_needs_an_admin_token(fleet_callout_server: SharedServer,
+                                                   tmp_path: Path) -> None:
+    import urllib.error
+    import urllib.request
+
+    services = fleet_callout_server.services
+    assert services.issuer is not None
+    twin = issuer_twin(services)
+    device = twin.create_machine_user("not-an-admin")
+    device.roles.add("fleet-device")
+    for token in (None, "garbage", twin.issue_token(device)):  # the last is valid, no admin
+        request = urllib.request.Request(
+            f"{services.issuer.url}/management/v1/users/machine", method="POST",
+            data=b'{"userName": "intruder"}',
+            headers={"Content-Type": "application/json",
+                     **({"Authorization": f"Bearer {token}"} if token else {})})
+        with pytest.raises(urllib.error.HTTPError) as err:
+            await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)
+        assert err.value.code == 401
+    # and the admin path works: enrollment through the API gives a key that authenticates
+    nc, _ = await connect_device(services, unique_device_id("enrolled"), tmp_path)
+    assert nc.is_connected
+    await nc.close()
