@@ -122,21 +122,30 @@ class FleetOperator:
 
     # ---- kopf handlers (every replica) -------------------------------------------------
     def register(self, registry: kopf.OperatorRegistry) -> None:
+        """kopf runs in its own thread and event loop (it cancels every task of its loop when
+        it stops); its handlers hand the work to this operator's loop."""
         resource = (GROUP, VERSION, DEPLOYMENT_PLURAL)
+        loop = asyncio.get_running_loop()
+
+        async def on_operator_loop(work: Coroutine[Any, Any, Any]) -> Any:
+            return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, loop))
 
         @kopf.on.resume(*resource, registry=registry)
         @kopf.on.create(*resource, registry=registry)
         @kopf.on.update(*resource, registry=registry)
         async def track(body: kopf.Body, **_: Any) -> None:
-            self.track(body)
+            await on_operator_loop(self._track_async(dict(body)))
 
         @kopf.on.delete(*resource, registry=registry)
         async def cleanup(body: kopf.Body, **_: Any) -> None:
-            await self.untrack(body)
+            await on_operator_loop(self.untrack(dict(body)))
 
         @kopf.on.probe(registry=registry, id="leader")
         def probe_leader(**_: Any) -> bool:
             return self.elector.is_leader
+
+    async def _track_async(self, body: Any) -> None:
+        self.track(body)
 
     def track(self, body: Any) -> _Tracked:
         meta = body["metadata"]

@@ -25,6 +25,8 @@ import asyncio
 import logging
 import socket
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,20 +122,53 @@ async def run_operator(
     if holder is not None:
         holder.append(operator)
     registry = build_registry(operator, target, kopf_tune)
-    namespaces = config.operator.namespaces
-    probe = config.operator.probe_listen
-    kopf_run = kopf.operator(
-        registry=registry, standalone=True, clusterwide=not namespaces,
-        namespaces=namespaces, stop_flag=stop,
-        liveness_endpoint=f"http://{probe}/healthz" if probe else None,
-    )
+    kopf_thread = KopfThread(registry, config.operator.namespaces, config.operator.probe_listen)
+    kopf_ended = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    kopf_thread.on_exit = lambda: loop.call_soon_threadsafe(kopf_ended.set)
+    kopf_thread.start()
     if started is not None:
         started.set()
+
+    async def kopf_alive() -> None:
+        await kopf_ended.wait()
+        raise RuntimeError(f"kopf stopped: {kopf_thread.error!r}")
+
     try:
-        await supervise({"kopf": kopf_run, **operator.tasks(stop)}, stop, shutdown_timeout=15)
+        await supervise({"kopf": kopf_alive(), **operator.tasks(stop)}, stop, shutdown_timeout=15)
     finally:
+        await asyncio.to_thread(kopf_thread.stop)
         await kube.close()
         await drain(nc)
+
+
+class KopfThread(threading.Thread):
+    """kopf in its own event loop: it cancels every task of its loop when it stops."""
+
+    def __init__(self, registry: kopf.OperatorRegistry, namespaces: list[str],
+                 probe: str | None) -> None:
+        super().__init__(name="kopf", daemon=True)
+        self.registry, self.namespaces, self.probe = registry, namespaces, probe
+        self.stop_flag = threading.Event()
+        self.error: BaseException | None = None
+        self.on_exit: Callable[[], object] = lambda: None
+
+    def run(self) -> None:
+        try:
+            asyncio.run(kopf.operator(
+                registry=self.registry, standalone=True, clusterwide=not self.namespaces,
+                namespaces=self.namespaces, stop_flag=self.stop_flag,
+                liveness_endpoint=f"http://{self.probe}/healthz" if self.probe else None,
+            ))
+        except BaseException as exc:  # reported by the supervisor, which sees the thread end
+            self.error = exc
+            log.exception("kopf failed")
+        finally:
+            self.on_exit()
+
+    def stop(self, timeout: float = 20) -> None:
+        self.stop_flag.set()
+        self.join(timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
