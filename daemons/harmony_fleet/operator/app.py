@@ -78,6 +78,8 @@ class OperatorSettings:
     replan_interval_s: float = 30.0
     last_seen_refresh_s: float = 30.0
     write_concurrency: int = 64
+    #: mirror devices as Device resources (turn off for very large fleets if not needed)
+    device_resources: bool = True
 
 
 @dataclass
@@ -384,8 +386,8 @@ class FleetOperator:
             "planner": self._every(s.replan_interval_s, self._plan_dirty,
                                    self.reconcile_keys, stop),
             "status": self._every(s.status_interval_s, None, self.write_statuses, stop),
-            "devices": self._every(s.device_interval_s, self._devices_dirty,
-                                   self.write_devices, stop),
+            **({"devices": self._every(s.device_interval_s, self._devices_dirty,
+                                       self.write_devices, stop)} if s.device_resources else {}),
         }
 
 

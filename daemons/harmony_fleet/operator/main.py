@@ -53,6 +53,7 @@ class OperatorSection(Section):
     identity: str = Field(default_factory=socket.gethostname)
     offline_after_s: float = Field(default=60, gt=0)
     probe_listen: str | None = Field(default="0.0.0.0:8080", pattern=r"^[^:]*:\d+$")
+    device_resources: bool = Field(default=True, description="mirror devices as Device CRs")
 
 
 class KubeSection(Section):
@@ -117,6 +118,7 @@ async def run_operator(
         lease_namespace=config.operator.lease_namespace,
         lease_name=config.operator.lease_name, identity=config.operator.identity,
         offline_after_s=config.operator.offline_after_s,
+        device_resources=config.operator.device_resources,
     )
     operator = FleetOperator(nc, kube, op_settings)
     if holder is not None:
