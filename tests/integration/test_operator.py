@@ -298,3 +298,102 @@ def test_against_a_real_cluster() -> None:  # pragma: no cover - gated
                    check=True)
     subprocess.run(["kubectl", "--kubeconfig", kubeconfig, "apply", "-f",
                     "examples/deployment.yaml"], check=True)
+
+
+async def test_two_replicas_one_writer_and_failover(
+    fleet_stack: LocalStack, kube: RunningKubeEmulator, admin_nc: NatsClient
+) -> None:
+    site = unique_device_id("site")
+    devices = {unique_device_id(f"ha{i}"): {"site": site} for i in range(3)}
+    await SimulatedFleet(admin_nc, devices).publish_info()
+    runs = [OperatorRun(fleet_stack, kube) for _ in range(2)]
+    operators: list[FleetOperator] = []
+    try:
+        for i, replica in enumerate(runs):
+            holder: list[FleetOperator] = []
+            replica.task = asyncio.create_task(run_operator(
+                OperatorConfig(nats=fleet_stack.admin_settings(),
+                               operator=OperatorSection(probe_listen=None)),
+                replica.stop, target=KubeTarget(kube.url, insecure=True),
+                settings=OperatorSettings(identity=f"replica-{i}", lease_duration_s=3,
+                                          lease_renew_s=0.5, device_resources=False),
+                kopf_tune={"posting.enabled": False}, holder=holder))
+            await eventually(lambda h=holder: bool(h))
+            operators.append(holder[0])
+        await asyncio.sleep(1.5)
+        assert sum(op.elector.is_leader for op in operators) == 1
+        leader = next(op for op in operators if op.elector.is_leader)
+        follower = next(op for op in operators if not op.elector.is_leader)
+        name = unique_device_id("ha")
+        kube.emulator.create_object(DEPLOYMENTS, deployment(
+            name, {"matchLabels": {"site": site}}, score()), namespace="shop")
+        await eventually(lambda: _len(keys_of(admin_nc, f"shop_{name}"), 3))
+        await eventually(lambda: f"shop_{name}" in follower.deployments)  # it watches too
+        assert leader.key_writes == 3
+        assert follower.key_writes == 0
+        # the leader goes away: the follower takes over once the lease expires
+        await runs[operators.index(leader)].halt()
+        await eventually(lambda: follower.elector.is_leader, timeout=10)
+        kube.emulator.patch_object(DEPLOYMENTS, name, {"spec": {"score": score("2")}},
+                                   namespace="shop")
+        await eventually(lambda: follower.key_writes == 3)
+    finally:
+        for replica in runs:
+            await replica.halt()
+
+
+async def test_bad_entries_are_skipped_and_rbac_covers_every_write(
+    run: OperatorRun, admin_nc: NatsClient
+) -> None:
+    from harmony_fleet.contracts import BUCKET_DEVICE_INFO, BUCKET_DEVICE_STATE
+    from harmony_fleet.operator.app import BAD_ENTRIES
+
+    bad_before = BAD_ENTRIES.labels(bucket=BUCKET_DEVICE_INFO)._value.get()
+    js = admin_nc.jetstream()
+    broken = unique_device_id("broken")
+    await (await js.key_value(BUCKET_DEVICE_INFO)).put(f"info.{broken}", b"{not json")
+    await (await js.key_value(BUCKET_DEVICE_STATE)).put(f"state.{broken}.ns_x", b'{"phase": 1}')
+    device = unique_device_id("fine")
+    fleet = SimulatedFleet(admin_nc, {device: {"site": device}})
+    await fleet.publish_info()
+    await fleet.heartbeat()
+    await run.start()
+    name = unique_device_id("ok")
+    run.kube.emulator.create_object(DEPLOYMENTS, deployment(
+        name, {"matchLabels": {"site": device}}, score()), namespace="shop")
+    await eventually(lambda: _len(keys_of(admin_nc, f"shop_{name}"), 1))
+    await eventually(lambda: run.kube.emulator.get_object(DEVICES, device))
+    await eventually(lambda: (run.kube.emulator.get_object(DEPLOYMENTS, name, namespace="shop")
+                              or {}).get("status", {}).get("aggregate"))
+    assert BAD_ENTRIES.labels(bucket=BUCKET_DEVICE_INFO)._value.get() > bad_before
+    run.kube.emulator.delete_object(DEPLOYMENTS, name, namespace="shop")
+    await eventually(lambda: run.kube.emulator.get_object(DEPLOYMENTS, name,
+                                                         namespace="shop") is None)
+    await run.halt()
+    assert_rbac_covers(run.kube.emulator.write_log)
+
+
+def assert_rbac_covers(writes: list[Any]) -> None:
+    """Every write the operator made is allowed by manifests/operator/rbac.yaml."""
+    from pathlib import Path
+
+    import yaml
+
+    docs = list(yaml.safe_load_all(
+        (Path(__file__).parents[2] / "manifests/operator/rbac.yaml").read_text()))
+    allowed = {(group, resource, verb)
+               for doc in docs if doc["kind"] in ("ClusterRole", "Role")
+               for rule in doc["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"] for verb in rule["verbs"]}
+    verbs = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
+    seen = set()
+    for record in writes:
+        if record.resource is None:
+            continue
+        resource = record.resource.plural + (f"/{record.subresource}" if record.subresource
+                                             else "")
+        need = (record.resource.group or "", resource, verbs[record.method])
+        seen.add(need)
+        assert need in allowed, f"{record.method} {record.path} needs {need} in the RBAC"
+    assert ("fleet.nationtech.io", "deployments/status", "patch") in seen
+    assert ("fleet.nationtech.io", "devices", "create") in seen

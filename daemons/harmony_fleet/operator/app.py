@@ -72,6 +72,8 @@ class OperatorSettings:
     lease_namespace: str = "harmony-fleet"
     lease_name: str = "fleet-operator"
     identity: str = "fleet-operator"
+    lease_duration_s: int = 15
+    lease_renew_s: float = 5.0
     offline_after_s: float = 60.0
     status_interval_s: float = 1.0
     device_interval_s: float = 2.0
@@ -111,7 +113,9 @@ class FleetOperator:
         self.view = FleetView()
         self.deployments: dict[str, _Tracked] = {}
         self.elector = LeaseElector(kube, self.settings.lease_namespace,
-                                    self.settings.lease_name, self.settings.identity)
+                                    self.settings.lease_name, self.settings.identity,
+                                    duration_s=self.settings.lease_duration_s,
+                                    renew_s=self.settings.lease_renew_s)
         self._plan_dirty = asyncio.Event()
         self._devices_dirty = asyncio.Event()
         self._status_dirty: set[str] = set()
@@ -132,11 +136,15 @@ class FleetOperator:
         async def on_operator_loop(work: Coroutine[Any, Any, Any]) -> Any:
             return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(work, loop))
 
-        @kopf.on.resume(*resource, registry=registry)
-        @kopf.on.create(*resource, registry=registry)
-        @kopf.on.update(*resource, registry=registry)
-        async def track(body: kopf.Body, **_: Any) -> None:
-            await on_operator_loop(self._track_async(dict(body)))
+        # every replica keeps every Deployment in memory; raw events carry no per-handler
+        # progress, so replicas do not hide objects from each other (kopf's progress
+        # annotations are shared by all replicas)
+        @kopf.on.event(*resource, registry=registry)
+        async def track(type: str | None, body: kopf.Body, **_: Any) -> None:
+            if type == "DELETED":
+                await on_operator_loop(self._forget(dict(body)))
+            else:
+                await on_operator_loop(self._track_async(dict(body)))
 
         @kopf.on.delete(*resource, registry=registry)
         async def cleanup(body: kopf.Body, **_: Any) -> None:
@@ -147,7 +155,15 @@ class FleetOperator:
             return self.elector.is_leader
 
     async def _track_async(self, body: Any) -> None:
-        self.track(body)
+        tracked = self.track(body)
+        if (body.get("metadata") or {}).get("deletionTimestamp"):
+            tracked.view = DeploymentView(tracked.view.token, tracked.view.selector,
+                                          tracked.view.score, deleting=True)
+
+    async def _forget(self, body: Any) -> None:
+        meta = body["metadata"]
+        self.deployments.pop(deployment_token(meta["namespace"], meta["name"]), None)
+        self._plan_dirty.set()
 
     def track(self, body: Any) -> _Tracked:
         meta = body["metadata"]
