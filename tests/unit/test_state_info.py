@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -175,11 +175,16 @@ def test_extra_fields_are_ignored_for_forward_compatibility() -> None:
     assert "health" not in json.loads(state.to_json_bytes())["services"][0]
 
 
-def test_timestamps_keep_their_instant() -> None:
-    offset = timezone(timedelta(hours=2))
+def test_timestamps_keep_their_instant_in_utc() -> None:
     state = DeploymentState.model_validate(_state(since="2026-05-01T14:00:00+02:00"))
     assert state.since == T0
-    assert state.since.utcoffset() == offset.utcoffset(None)
+    assert state.since.utcoffset() == timedelta(0)  # normalised to UTC
+
+
+def test_timestamps_without_a_zone_are_utc() -> None:
+    state = DeploymentState.model_validate(_state(since="2026-05-01T12:00:00"))
+    assert state.since == T0
+    assert state.since.tzinfo is not None
     again = DeploymentState.model_validate_json(state.to_json_bytes())
     assert again.since == T0
 

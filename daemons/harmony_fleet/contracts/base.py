@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 
 class WireModel(BaseModel):
@@ -51,3 +51,14 @@ def validation_summary(exc: ValidationError) -> str:
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _as_utc(value: datetime) -> datetime:
+    """A timestamp without a zone is taken as UTC; every timestamp is stored in UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+#: Wire timestamps: ISO 8601; a missing zone means UTC (so they always compare).
+UtcDatetime = Annotated[datetime, AfterValidator(_as_utc)]

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Annotated
 
 from pydantic import AfterValidator, Field
 
-from .base import WireModel
+from .base import UtcDatetime, WireModel
 from .ids import DeviceId
 
 # Kubernetes label syntax: labels become the Device CR's metadata.labels.
@@ -63,12 +62,12 @@ class DeviceInfo(WireModel):
     labels: Labels = Field(default_factory=dict, description="routing labels from the config")
     inventory: Inventory
     runtime_enabled: bool = True
-    started_at: datetime
-    updated_at: datetime
+    started_at: UtcDatetime
+    updated_at: UtcDatetime
 
 
 class Heartbeat(WireModel):
     device_id: DeviceId
-    timestamp: datetime
+    timestamp: UtcDatetime
     uptime_s: int = Field(ge=0)
     agent_version: str

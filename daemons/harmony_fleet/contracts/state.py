@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from enum import StrEnum
 
 from pydantic import Field
 
-from .base import WireModel
+from .base import UtcDatetime, WireModel
 from .ids import DeploymentToken, DeviceId
 
 
@@ -44,6 +43,6 @@ class DeploymentState(WireModel):
     revision: int | None = Field(
         default=None, description="desired-state KV revision the phase refers to"
     )
-    since: datetime = Field(description="when the deployment entered this phase")
-    updated_at: datetime
+    since: UtcDatetime = Field(description="when the deployment entered this phase")
+    updated_at: UtcDatetime
     services: list[ServiceStatus] = Field(default_factory=list)

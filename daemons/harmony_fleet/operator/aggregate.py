@@ -9,7 +9,7 @@ message (``<device>: <message>``).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from harmony_fleet.contracts import (
@@ -90,7 +90,11 @@ def deployment_status(
 
 
 def status_patch(status: DeploymentStatus) -> dict[str, Any]:
-    return {"status": status.model_dump(mode="json", by_alias=True, exclude_none=True)}
+    """A merge patch: absent keys are kept by the server, so a cleared lastError is an
+    explicit null."""
+    doc = status.model_dump(mode="json", by_alias=True, exclude_none=True)
+    doc["aggregate"].setdefault("lastError", None)
+    return {"status": doc}
 
 
 def same_status(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> bool:
@@ -99,6 +103,8 @@ def same_status(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> bool:
         if not doc:
             return None
         out = dict(doc)
+        out["aggregate"] = {k: v for k, v in (doc.get("aggregate") or {}).items()
+                            if v is not None}
         out["conditions"] = [{k: v for k, v in c.items() if k != "lastTransitionTime"}
                              for c in doc.get("conditions") or []]
         return out
@@ -128,7 +134,7 @@ def device_status(
 ) -> dict[str, Any]:
     status: dict[str, Any] = {"online": device_online(heartbeat, now, offline_after)}
     if heartbeat is not None:
-        status["lastSeen"] = heartbeat.timestamp.isoformat().replace("+00:00", "Z")
+        status["lastSeen"] = heartbeat.timestamp.astimezone(UTC).isoformat().replace("+00:00", "Z")
     if info is not None:
         status["agentVersion"] = info.agent_version
     return status

@@ -35,9 +35,10 @@ def _parse_time(value: Any) -> datetime | None:
     if not isinstance(value, str):
         return None
     try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def decide(lease: dict[str, Any] | None, me: str, now: datetime) -> Action:
@@ -48,7 +49,8 @@ def decide(lease: dict[str, Any] | None, me: str, now: datetime) -> Action:
         return Action.RENEW
     renewed = _parse_time(spec.get("renewTime")) or _parse_time(spec.get("acquireTime"))
     duration = spec.get("leaseDurationSeconds")
-    if not spec.get("holderIdentity") or renewed is None or not isinstance(duration, int):
+    if (not spec.get("holderIdentity") or renewed is None or not isinstance(duration, int)
+            or isinstance(duration, bool)):
         return Action.ACQUIRE
     return Action.ACQUIRE if now > renewed + timedelta(seconds=duration) else Action.FOLLOW
 
