@@ -117,4 +117,18 @@ class LeaseElector:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), self.renew_s)
         finally:
+            if self.is_leader:
+                await self.release()
             self._set(False)
+
+    async def release(self) -> None:
+        """Give the lease up on shutdown so another replica takes over at once."""
+        path = lease_path(self.namespace, self.name)
+        try:
+            lease = await self.client.get(path)
+            if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == \
+                    self.identity:
+                body = {**lease, "spec": {**lease["spec"], "holderIdentity": ""}}
+                await self.client.replace(path, body)
+        except (KubeError, OSError, TimeoutError) as exc:
+            log.warning("could not release lease %s/%s: %s", self.namespace, self.name, exc)

@@ -29,13 +29,19 @@ Usage::
 
     async with start_kube_emulator() as kube:       # kube.url == "http://127.0.0.1:PORT"
         kube.emulator.register_resource("example.com/v1/widgets", kind="Widget", namespaced=True)
-        ...
+        ...                                         # kopf: @kopf.on.login → kube.kopf_connection_info()
         patches = kube.emulator.writes(method="PATCH", resource=DEPLOYMENTS, subresource="status")
-        assert min_interval(patches) >= 1.0
+        assert (min_interval(patches) or 1.0) >= 1.0
 
-User-defined kmock reactions (``emulator['patch', kmock.resource(...)] << 500``) take priority
-over the emulation, so faults can be injected; a request answered by such a reaction does not
-change the stored state (unlike plain kmock, which applies writes even when intercepted).
+The HTTP server runs in its own thread and event loop (:class:`KubeEmulatorServer`): kopf cancels,
+when it stops, every task created after it started, which would include an in-loop server's
+connection tasks. The emulator's state is guarded by a lock, so tests may read and change it
+(:meth:`FleetKubeEmulator.get_object`, :meth:`~FleetKubeEmulator.create_object`, ...) meanwhile.
+
+User-defined kmock reactions (``emulator['patch', kmock.subresource('status')] << 503``) take
+priority over the emulation, so faults can be injected; a request answered by such a reaction does
+not change the stored state (unlike plain kmock, which applies writes even when intercepted).
+Declare reactions and resources before the traffic starts: kmock's own structures are not locked.
 """
 
 from __future__ import annotations
@@ -48,17 +54,20 @@ import contextlib
 import copy
 import dataclasses
 import datetime
+import functools
 import itertools
 import json
 import re
 import secrets
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import EllipsisType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Final, ParamSpec, TypeVar
 
+import aiohttp.test_utils
 import aiohttp.web
 import attrs
 import kmock
@@ -68,6 +77,8 @@ if TYPE_CHECKING:
     import kopf
 
 T = TypeVar("T")
+P = ParamSpec("P")
+E = TypeVar("E", bound="FleetKubeEmulator")
 
 FLEET_GROUP: Final = "fleet.nationtech.io"
 FLEET_VERSION: Final = "v1alpha1"
@@ -85,7 +96,6 @@ WRITE_METHODS: Final = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MERGE_PATCH: Final = "application/merge-patch+json"
 JSON_PATCH: Final = "application/json-patch+json"
 STRATEGIC_MERGE_PATCH: Final = "application/strategic-merge-patch+json"
-APPLY_PATCH: Final = "application/apply-patch+yaml"
 
 ResourceRef = str | kmock.resource
 """A resource as ``kmock.resource`` or a string kmock parses: ``"group/version/plural"``,
@@ -548,6 +558,17 @@ def _map_problem(values: Any, *, labels: bool) -> str | None:
     return None
 
 
+def _locked(method: Callable[Concatenate[E, P], T]) -> Callable[Concatenate[E, P], T]:
+    """Run an emulator's state operation under its state lock (HTTP and tests use two threads)."""
+
+    @functools.wraps(method)
+    def locked(self: E, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        with self._state_lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 _Key = tuple[kmock.resource, str | None, str]
 _Matcher = Callable[[Mapping[str, Any]], bool]
 
@@ -587,7 +608,10 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
     _rv: int = attrs.field(default=0, init=False)
     _events: list[WatchEvent] = attrs.field(factory=list, init=False)
     _compacted_rv: int = attrs.field(default=0, init=False)
-    _tick: asyncio.Event = attrs.field(factory=asyncio.Event, init=False)
+    # The HTTP side runs in the server thread's loop, the Python API in the tests' loop: every
+    # state operation is synchronous and holds this lock; waiters in any loop get woken up.
+    _state_lock: threading.RLock = attrs.field(factory=threading.RLock, init=False)
+    _waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = attrs.field(factory=set, init=False)
     _closing: bool = attrs.field(default=False, init=False)
     _active_watches: int = attrs.field(default=0, init=False)
 
@@ -611,6 +635,7 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
 
     # ---------------------------------------------------------------- registration
 
+    @_locked
     def register_resource(
         self,
         resource: ResourceRef,
@@ -662,6 +687,7 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
         self.register_resource(KOPF_CLUSTER_PEERINGS, kind="ClusterKopfPeering", namespaced=False)
         self.register_resource(KOPF_PEERINGS, kind="KopfPeering", namespaced=True)
 
+    @_locked
     def _served(self, resource: ResourceRef) -> _Served:
         wanted = kmock.resource(resource)
         if wanted.group is not None and wanted.version is not None and wanted in self.resources:
@@ -691,12 +717,14 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
     def _key(self, served: _Served, namespace: str | None, name: str) -> _Key:
         return (served.resource, namespace if served.namespaced else None, name)
 
+    @_locked
     def _live(self, key: _Key) -> dict[str, Any] | None:
         if key not in self.objects:
             return None
         obj = self.objects[key]
         return None if obj.deleted else copy.deepcopy(obj.raw)
 
+    @_locked
     def _store(self, key: _Key, body: dict[str, Any] | None) -> None:
         if body is None:
             self.objects[key].delete()
@@ -705,6 +733,7 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
         else:
             self.objects[key] = copy.deepcopy(body)
 
+    @_locked
     def _next_rv(self) -> int:
         self._rv += 1
         return self._rv
@@ -723,25 +752,54 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
         self._wake()
 
     def _wake(self) -> None:
-        tick, self._tick = self._tick, asyncio.Event()
-        tick.set()
+        with self._state_lock:
+            waiters = list(self._waiters)
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        for loop, event in waiters:
+            if loop is current:
+                event.set()
+            else:
+                with contextlib.suppress(RuntimeError):  # that loop is closed: nobody waits anymore
+                    loop.call_soon_threadsafe(event.set)
+
+    @contextlib.contextmanager
+    def _subscription(self) -> Iterator[asyncio.Event]:
+        """An event of the running loop, set after every change; clear it before reading the state."""
+        entry = (asyncio.get_running_loop(), asyncio.Event())
+        with self._state_lock:
+            self._waiters.add(entry)
+        try:
+            yield entry[1]
+        finally:
+            with self._state_lock:
+                self._waiters.discard(entry)
 
     def close_watches(self) -> None:
         """End every open watch stream (done by :func:`start_kube_emulator` before the server stops)."""
-        self._closing = True
+        with self._state_lock:
+            self._closing = True
         self._wake()
 
-    async def wait_until(self, condition: Callable[[], T], timeout: float = 10.0) -> T:
-        """Re-check ``condition()`` after every change until it returns something truthy; return it.
+    async def wait_until(self, condition: Callable[[], T | None], timeout: float = 10.0, *,
+                         poll: float = 0.1) -> T:
+        """Re-check ``condition()`` after every change (and every ``poll`` seconds, for conditions
+        on other state) until it returns something truthy; return that value.
 
-        Raises TimeoutError with the last value if it does not happen within ``timeout`` seconds.
+        Raises TimeoutError if that does not happen within ``timeout`` seconds.
         """
-        async with asyncio.timeout(timeout):
-            while True:
-                tick = self._tick
-                if value := condition():
-                    return value
-                await tick.wait()
+        with self._subscription() as changed:
+            async with asyncio.timeout(timeout):
+                while True:
+                    changed.clear()
+                    with self._state_lock:
+                        value = condition()
+                    if value:
+                        return value
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(changed.wait(), poll)
 
     # ---------------------------------------------------------------- validation
 
@@ -767,6 +825,7 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
 
     # ---------------------------------------------------------------- operations (sync, atomic)
 
+    @_locked
     def ensure_namespace(self, name: str) -> dict[str, Any]:
         """Create the Namespace object if missing; return it."""
         served = self._served(NAMESPACES)
@@ -775,6 +834,7 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
             return existing
         return self._create(served, None, {"metadata": {"name": name}})
 
+    @_locked
     def _create(self, served: _Served, namespace: str | None, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise _bad_request("the body of the request must be a JSON object")
@@ -832,6 +892,7 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
             if self._live(self._key(served, namespace, name)) is None:
                 return name
 
+    @_locked
     def _require_namespace(self, namespace: str) -> None:
         if NAMESPACES not in self.resources:
             return
@@ -842,6 +903,7 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
             raise served.not_found(namespace)
         self.ensure_namespace(namespace)
 
+    @_locked
     def _write(self, served: _Served, namespace: str | None, name: str, subresource: str | None,
                change: Callable[[dict[str, Any]], Any]) -> dict[str, Any]:
         """Apply ``change(current) -> new body`` with the API server's rules; return the result."""
@@ -900,6 +962,8 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
                patch: Any, content_type: str) -> dict[str, Any]:
         def change(current: dict[str, Any]) -> Any:
             if content_type == JSON_PATCH:
+                if not isinstance(patch, list):  # the API server fails to decode it: 400, not 422
+                    raise _bad_request("a JSON-patch must be a list of operations")
                 try:
                     return json_patch(current, patch)
                 except JsonPatchError as exc:
@@ -931,6 +995,7 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
                                "the request")
         return self._write(served, namespace, name, subresource, lambda _current: copy.deepcopy(body))
 
+    @_locked
     def _delete(self, served: _Served, namespace: str | None, name: str,
                 options: Any) -> tuple[dict[str, Any], bool]:
         """Delete or mark for deletion; return (the object or a Status body, whether it is gone)."""
@@ -985,6 +1050,20 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
 
         return matches
 
+    @_locked
+    def _delete_collection(self, served: _Served, namespace: str | None,
+                           params: Mapping[str, str]) -> dict[str, Any]:
+        matches = self._select(served, namespace, None, params.get("labelSelector"),
+                               params.get("fieldSelector"))
+        items = []
+        for obj in self._objects_of(served, matches):
+            meta = obj["metadata"]
+            result, gone = self._delete(served, meta.get("namespace"), meta["name"], None)
+            items.append(obj if gone else result)
+        return {"kind": f"{served.kind}List", "apiVersion": served.api_version,
+                "metadata": {"resourceVersion": str(self._rv)}, "items": items}
+
+    @_locked
     def _objects_of(self, served: _Served, matches: _Matcher) -> list[dict[str, Any]]:
         found = []
         for (resource, namespace, name), obj in self.objects.items():
@@ -1236,16 +1315,7 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
             return aiohttp.web.json_response(created, status=201)
         if method == "DELETE":
             self._verb_allowed(served, "deletecollection")
-            matches = self._select(served, namespace, None, params.get("labelSelector"),
-                                   params.get("fieldSelector"))
-            items = []
-            for obj in self._objects_of(served, matches):
-                meta = obj["metadata"]
-                result, gone = self._delete(served, meta.get("namespace"), meta["name"], None)
-                items.append(obj if gone else result)
-            return aiohttp.web.json_response({
-                "kind": f"{served.kind}List", "apiVersion": served.api_version,
-                "metadata": {"resourceVersion": str(self._rv)}, "items": items})
+            return aiohttp.web.json_response(self._delete_collection(served, namespace, params))
         raise ApiError(405, "MethodNotAllowed", f"{method} is not allowed on {served.display}")
 
     @staticmethod
@@ -1261,6 +1331,7 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
         except ValueError as exc:
             raise _bad_request(f"the body of the request is not valid JSON: {exc}") from exc
 
+    @_locked
     def _list(self, served: _Served, namespace: str | None, params: Mapping[str, str]) -> dict[str, Any]:
         matches = self._select(served, namespace, None, params.get("labelSelector"),
                                params.get("fieldSelector"))
@@ -1307,7 +1378,7 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
         return None if kind is None else {"type": kind, "object": event.obj}
 
     async def _watch(self, request: kmock.Request, served: _Served, namespace: str | None,
-                           name: str | None) -> aiohttp.web.StreamResponse:
+                     name: str | None) -> aiohttp.web.StreamResponse:
         assert request._raw_request is not None
         params = request.params
         matches = self._select(served, namespace, name, params.get("labelSelector"),
@@ -1320,22 +1391,21 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
         asked = params.get("resourceVersion") or ""
         initial: list[dict[str, Any]] = []
         expired: ApiError | None = None
-        if asked not in ("", "0") and not send_initial:
-            try:
-                since = int(asked)
-            except ValueError as exc:
-                raise _bad_request(f"invalid resourceVersion: {asked}") from exc
-            if since < self._compacted_rv:
-                expired = self._expired(since)
-        else:
-            since = self._rv
-            initial = [{"type": "ADDED", "object": obj} for obj in self._objects_of(served, matches)]
-
-        response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
-        await response.prepare(request._raw_request)
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
-        self._active_watches += 1
+        with self._state_lock:
+            if asked not in ("", "0") and not send_initial:
+                try:
+                    since = int(asked)
+                except ValueError as exc:
+                    raise _bad_request(f"invalid resourceVersion: {asked}") from exc
+                if since < self._compacted_rv:
+                    expired = self._expired(since)
+            else:  # the current state as synthetic ADDED events, then the changes after it
+                since = self._rv
+                initial = [{"type": "ADDED", "object": obj} for obj in self._objects_of(served, matches)]
+            self._active_watches += 1
         try:
+            response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
+            await response.prepare(request._raw_request)
             if expired is not None:
                 await self._send(response, {"type": "ERROR", "object": expired.status()})
                 return response
@@ -1346,41 +1416,47 @@ class FleetKubeEmulator(kmock.KubernetesEmulator):
                     "kind": served.kind, "apiVersion": served.api_version,
                     "metadata": {"resourceVersion": str(since),
                                  "annotations": {"k8s.io/initial-events-end": "true"}}}})
-            await self._stream_events(response, served, matches, since, deadline)
+            await self._stream_events(response, served, matches, since, timeout)
+            with contextlib.suppress(ConnectionError):
+                await response.write_eof()
         except ConnectionError:
             pass  # the client went away
         finally:
-            self._active_watches -= 1
-        with contextlib.suppress(ConnectionError):
-            await response.write_eof()
+            with self._state_lock:
+                self._active_watches -= 1
+            self._wake()
         return response
 
-    async def _stream_events(self, response: aiohttp.web.StreamResponse, served: _Served,
-                             matches: _Matcher, since: int,
-                             deadline: float | None) -> None:
+    async def _stream_events(self, response: aiohttp.web.StreamResponse, served: _Served, matches: _Matcher,
+                             since: int, timeout: float | None) -> None:
         loop = asyncio.get_running_loop()
-        while not self._closing:
-            if since < self._compacted_rv:
-                await self._send(response, {"type": "ERROR", "object": self._expired(since).status()})
-                return
-            start = bisect.bisect_right(self._events, since, key=lambda event: event.resource_version)
-            pending = self._events[start:]
-            tick = self._tick
-            for event in pending:
-                since = event.resource_version
-                view = self._view(event, served, matches)
-                if view is not None:
-                    await self._send(response, view)
-            if pending:
-                continue
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                return
-            try:
-                async with asyncio.timeout(remaining):
-                    await tick.wait()
-            except TimeoutError:
-                return
+        deadline = None if timeout is None else loop.time() + timeout
+        with self._subscription() as changed:
+            while True:
+                changed.clear()
+                with self._state_lock:
+                    if self._closing:
+                        return
+                    expired = self._expired(since) if since < self._compacted_rv else None
+                    start = bisect.bisect_right(self._events, since, key=lambda event: event.resource_version)
+                    pending = self._events[start:]
+                if expired is not None:
+                    await self._send(response, {"type": "ERROR", "object": expired.status()})
+                    return
+                for event in pending:
+                    since = event.resource_version
+                    view = self._view(event, served, matches)
+                    if view is not None:
+                        await self._send(response, view)
+                if pending:
+                    continue
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    return
+                try:
+                    await asyncio.wait_for(changed.wait(), remaining)
+                except TimeoutError:
+                    return
 
     def _expired(self, since: int) -> ApiError:
         return ApiError(410, "Expired", f"too old resource version: {since} ({self._compacted_rv})")
@@ -1413,24 +1489,116 @@ class RunningKubeEmulator:
         return kopf.ConnectionInfo(server=self.url, insecure=True, default_namespace=default_namespace)
 
 
+class KubeEmulatorServer:
+    """Serves an emulator over HTTP from a dedicated thread with its own event loop.
+
+    Why a thread: kopf (and similar frameworks) cancel, on their shutdown, every task created
+    after they started; served in the tests' loop, the emulator's connection tasks would be
+    reaped (kopf waits 5 s for them, then cancels them, and kept-alive client connections hang).
+    In its own loop the server is also immune to a test blocking its loop, and a session-scoped
+    fixture can share it between tests. Use :func:`start_kube_emulator` (async) or this class as a
+    (sync) context manager; ``start()``/``stop()`` block.
+    """
+
+    def __init__(self, emulator: FleetKubeEmulator | None = None, *, host: str = "127.0.0.1",
+                 port: int | None = None, timeout: float = 10.0) -> None:
+        self.emulator = emulator if emulator is not None else FleetKubeEmulator()
+        self._host, self._port, self._timeout = host, port, timeout
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._running: RunningKubeEmulator | None = None
+        self._error: BaseException | None = None
+
+    @property
+    def running(self) -> RunningKubeEmulator:
+        if self._running is None:
+            raise RuntimeError("the emulator is not being served")
+        return self._running
+
+    def start(self) -> RunningKubeEmulator:
+        if self._thread is not None:
+            raise RuntimeError("a KubeEmulatorServer starts only once")
+        with self.emulator._state_lock:
+            self.emulator._closing = False
+        self._thread = threading.Thread(target=self._run, name="kube-emulator", daemon=True)
+        self._thread.start()
+        if not self._started.wait(self._timeout):
+            raise TimeoutError(f"the kube emulator did not start within {self._timeout}s")
+        if self._error is not None:
+            raise self._error
+        return self.running
+
+    def stop(self) -> None:
+        """End the watches, stop the server and its thread; re-raise a failure of the server side."""
+        thread, loop, stop = self._thread, self._loop, self._stop
+        if thread is None:
+            return
+        if loop is not None and stop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already ended
+                loop.call_soon_threadsafe(stop.set)
+        thread.join(self._timeout)
+        if thread.is_alive():
+            raise TimeoutError(f"the kube emulator did not stop within {self._timeout}s")
+        self._running = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def __enter__(self) -> RunningKubeEmulator:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._serve())
+        except BaseException as exc:  # handed over to start()/stop()
+            self._error = exc
+        finally:
+            self._started.set()
+
+    async def _serve(self) -> None:
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        emulator = self.emulator
+        # aiohttp's test server directly, not kmock.Server: that one also patches aiohttp's DNS
+        # resolver process-wide (LIFO-only unpatching) and opens a client bound to this loop.
+        server = aiohttp.test_utils.RawTestServer(emulator, host=self._host, port=self._port)
+        async with emulator, server:
+            assert server.port is not None
+            self._running = RunningKubeEmulator(emulator, server.host, server.port)
+            self._started.set()
+            await self._stop.wait()
+            emulator.close_watches()  # else the server's shutdown waits for the streaming handlers
+            await emulator.wait_until(lambda: emulator.active_watches == 0, self._timeout)
+
+
 @contextlib.asynccontextmanager
 async def start_kube_emulator(
     emulator: FleetKubeEmulator | None = None, *, host: str = "127.0.0.1", port: int | None = None,
 ) -> AsyncIterator[RunningKubeEmulator]:
     """Serve an emulator (a fresh :class:`FleetKubeEmulator` unless given) on ``host``, a random port.
 
-    On exit, open watch streams are ended first so the HTTP server stops at once. Stop clients
-    (e.g. an embedded kopf) before leaving the block; nest several emulators rather than
-    interleaving them (kmock's server patches aiohttp's resolver in LIFO order).
+    The server runs in its own thread and loop (see :class:`KubeEmulatorServer`). On exit, open
+    watch streams are ended and the server stops; clients still connected get disconnected.
     """
-    emulator = emulator if emulator is not None else FleetKubeEmulator()
-    emulator._closing = False
-    async with emulator, kmock.Server(emulator, host=host, port=port) as server:
-        try:
-            yield RunningKubeEmulator(emulator, server.host, server.port)
-        finally:
-            emulator.close_watches()
-            await asyncio.sleep(0)  # let the woken watch handlers end their responses
+    server = KubeEmulatorServer(emulator, host=host, port=port)
+    running = await asyncio.to_thread(server.start)
+    try:
+        yield running
+    finally:
+        await asyncio.to_thread(server.stop)
+
+
+@contextlib.contextmanager
+def serve_kube_emulator(
+    emulator: FleetKubeEmulator | None = None, *, host: str = "127.0.0.1", port: int | None = None,
+) -> Iterator[RunningKubeEmulator]:
+    """The synchronous twin of :func:`start_kube_emulator` (e.g. for session-scoped fixtures)."""
+    with KubeEmulatorServer(emulator, host=host, port=port) as running:
+        yield running
 
 
 @contextlib.asynccontextmanager
@@ -1443,7 +1611,9 @@ async def embedded_kopf(
 
     The registry must carry a ``@kopf.on.login`` handler (e.g. returning
     :meth:`RunningKubeEmulator.kopf_connection_info`). Waits for kopf's ready flag (its startup
-    handlers ran); a failing operator re-raises its error here, on entry or exit.
+    handlers ran); a failing operator re-raises its error here, on entry or exit. Mind kopf's
+    rule on stopping: it cancels every task created after it started, so tasks a test spawns
+    inside this block must be finished before the block ends.
     """
     import kopf
 
