@@ -25,13 +25,17 @@ client rely on and that plain kmock lacks (measured, see ``TEST-INFRA.md``):
   BOOKMARK), and ``watch=true`` as well as kubernetes_asyncio's ``watch=True``;
 * a log of every write request (:attr:`FleetKubeEmulator.write_log`) for rate assertions.
 
-Usage::
+Usage (``serve_kube_emulator()`` is the synchronous twin, e.g. for session-scoped fixtures)::
 
     async with start_kube_emulator() as kube:       # kube.url == "http://127.0.0.1:PORT"
         kube.emulator.register_resource("example.com/v1/widgets", kind="Widget", namespaced=True)
-        ...                                         # kopf: @kopf.on.login → kube.kopf_connection_info()
+        # kopf: a @kopf.on.login handler returns kube.kopf_connection_info(); then
+        async with embedded_kopf(registry):         # kopf.operator(standalone, clusterwide) in a task
+            ...
+            await kube.emulator.wait_until(lambda: kube.emulator.get_object(DEPLOYMENTS, "web",
+                                                                            namespace="ns1"))
         patches = kube.emulator.writes(method="PATCH", resource=DEPLOYMENTS, subresource="status")
-        assert (min_interval(patches) or 1.0) >= 1.0
+        assert (min_interval(patches) or 1.0) >= 1.0   # at most one status patch per second
 
 The HTTP server runs in its own thread and event loop (:class:`KubeEmulatorServer`): kopf cancels,
 when it stops, every task created after it started, which would include an in-loop server's
