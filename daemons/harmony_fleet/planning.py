@@ -1,6 +1,7 @@
 """Pure control-plane logic shared by the operator and the ``fleet_deployment`` module.
 
 * :func:`selector_matches` — Kubernetes LabelSelector semantics over device labels;
+* :func:`device_online` — liveness from the last heartbeat;
 * :func:`plan_desired_keys` — which ``desired-state`` keys to put, keep or delete so that
   exactly the targeted devices hold a deployment's score, touching nothing that is already
   right (an unchanged value is never rewritten: a rewrite would bump the revision and make
@@ -14,8 +15,9 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
-from harmony_fleet.contracts import PodmanScore, canonical_json
+from harmony_fleet.contracts import Heartbeat, PodmanScore, canonical_json
 from harmony_fleet.contracts.crd import LabelSelector, SelectorOperator
 
 
@@ -35,6 +37,11 @@ def selector_matches(selector: LabelSelector, labels: Mapping[str, str]) -> bool
         if req.operator is SelectorOperator.DOES_NOT_EXIST and present:
             return False
     return True
+
+
+def device_online(heartbeat: Heartbeat | None, now: datetime, offline_after: timedelta) -> bool:
+    """Online: a heartbeat no older than ``offline_after``."""
+    return heartbeat is not None and now - heartbeat.timestamp <= offline_after
 
 
 def matching_devices(

@@ -19,6 +19,7 @@ from harmony_fleet.contracts import (
     validation_summary,
 )
 from harmony_fleet.contracts.base import utcnow
+from harmony_fleet.planning import device_online
 
 from .kv import read_bucket
 
@@ -40,10 +41,6 @@ class DeviceView:
 class FleetView:
     devices: dict[str, DeviceView] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-
-
-def is_online(heartbeat: Heartbeat | None, now: datetime, offline_after: timedelta) -> bool:
-    return heartbeat is not None and now - heartbeat.timestamp <= offline_after
 
 
 async def read_fleet(
@@ -74,5 +71,5 @@ async def read_fleet(
             view.problems.append(f"{BUCKET_DEVICE_INFO} {key}: payload names {info.device_id}")
             continue
         beat = heartbeats.get(device)
-        view.devices[device] = DeviceView(info, beat, is_online(beat, now, offline_after))
+        view.devices[device] = DeviceView(info, beat, device_online(beat, now, offline_after))
     return view

@@ -19,6 +19,10 @@ from harmony_fleet.contracts import (
     Phase,
 )
 from harmony_fleet.contracts.crd import Aggregate, Condition, DeploymentStatus
+from harmony_fleet.planning import device_online
+
+__all__ = ["aggregate", "deployment_status", "device_body", "device_online", "device_status",
+           "same_status", "status_patch"]
 
 READY = "Ready"
 VALID = "Valid"
@@ -112,10 +116,6 @@ def same_status(a: Mapping[str, Any] | None, b: Mapping[str, Any]) -> bool:
 
 
 # ---------------------------------------------------------------------------- devices
-
-
-def device_online(heartbeat: Heartbeat | None, now: datetime, offline_after: timedelta) -> bool:
-    return heartbeat is not None and now - heartbeat.timestamp <= offline_after
 
 
 def device_body(info: DeviceInfo) -> dict[str, Any]:
