@@ -148,6 +148,8 @@ class LocalStack:
                                  mode=agent_mode)
                 for d in ids
             ))
+            # agents start concurrently; list them in the order asked for
+            stack.devices = {d: stack.devices[d] for d in ids}
             stack.write_state()
         except BaseException:
             await stack.down()
