@@ -397,3 +397,43 @@ def assert_rbac_covers(writes: list[Any]) -> None:
         assert need in allowed, f"{record.method} {record.path} needs {need} in the RBAC"
     assert ("fleet.nationtech.io", "deployments/status", "patch") in seen
     assert ("fleet.nationtech.io", "devices", "create") in seen
+
+
+async def test_operator_with_token_credentials_survives_rollovers(
+    kube: RunningKubeEmulator, tmp_path: Any
+) -> None:
+    from harmony_fleet.bus import NatsSettings
+    from harmony_fleet.testing.services import start_services
+
+    services = await asyncio.to_thread(start_services, tmp_path / "srv", auth="callout",
+                                       token_lifetime_s=4)
+    stack = LocalStack(services.workdir, services, owns_server=False)
+    try:
+        await stack.ensure_buckets()
+        admin = await stack.admin_connect()
+        site = unique_device_id("site")
+        await SimulatedFleet(admin, {unique_device_id("tok"): {"site": site}}).publish_info()
+        settings = NatsSettings.model_validate({"urls": [services.nats_url],
+                                                "auth": stack._admin_auth()})
+        assert settings.auth.mode == "zitadel"
+        replica = OperatorRun(stack, kube)
+        holder: list[FleetOperator] = []
+        replica.task = asyncio.create_task(run_operator(
+            OperatorConfig(nats=settings, operator=OperatorSection(probe_listen=None)),
+            replica.stop, target=KubeTarget(kube.url, insecure=True),
+            settings=OperatorSettings(identity="tok-op", device_resources=False),
+            kopf_tune={"posting.enabled": False}, holder=holder))
+        try:
+            await eventually(lambda: holder and holder[0].elector.is_leader
+                             and holder[0]._views_ready())
+            await asyncio.sleep(10)  # several token lifetimes
+            assert holder[0].nc.is_connected
+            name = unique_device_id("late")
+            kube.emulator.create_object(DEPLOYMENTS, deployment(
+                name, {"matchLabels": {"site": site}}, score()), namespace="shop")
+            await eventually(lambda: _len(keys_of(admin, f"shop_{name}"), 1))
+        finally:
+            await replica.halt()
+            await admin.drain()
+    finally:
+        await asyncio.to_thread(services.stop)

@@ -34,7 +34,8 @@ import kopf
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from harmony_fleet.bus import connect, drain
+from harmony_fleet.bus import connect, drain, provider_from_settings
+from harmony_fleet.bus.connection import keep_authenticated
 from harmony_fleet.bus.settings import NatsSettings
 from harmony_fleet.config import DaemonConfig, Section, daemon_main
 from harmony_fleet.daemon import supervise
@@ -112,7 +113,8 @@ async def run_operator(
 ) -> None:
     """Run until ``stop``: NATS views, the elector, the writers, and kopf."""
     target = target or config.kube.target()
-    nc = await connect(config.nats, name="fleet-operator", stop=stop)
+    credentials = provider_from_settings(config.nats.auth)
+    nc = await connect(config.nats, name="fleet-operator", credentials=credentials, stop=stop)
     kube = KubeClient(target)
     op_settings = settings or OperatorSettings(
         lease_namespace=config.operator.lease_namespace,
@@ -137,7 +139,12 @@ async def run_operator(
         raise RuntimeError(f"kopf stopped: {kopf_thread.error!r}")
 
     try:
-        await supervise({"kopf": kopf_alive(), **operator.tasks(stop)}, stop, shutdown_timeout=15)
+        await supervise({
+            "kopf": kopf_alive(),
+            # token credentials: refresh, and re-authenticate before the NATS user JWT expires
+            "credentials": keep_authenticated(nc, credentials, stop),
+            **operator.tasks(stop),
+        }, stop, shutdown_timeout=15)
     finally:
         await asyncio.to_thread(kopf_thread.stop)
         await kube.close()
