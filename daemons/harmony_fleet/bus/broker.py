@@ -35,7 +35,8 @@ from pydantic import ValidationError
 from harmony_fleet.contracts import canonical_json, validation_summary
 
 from .commands import CommandError, FleetCommandsClient, RemoteError
-from .connection import ConnectError, connect, drain
+from .connection import ConnectError, connect, drain, keep_authenticated
+from .credentials import provider_from_settings
 from .settings import NatsSettings
 
 log = logging.getLogger(__name__)
@@ -205,11 +206,15 @@ class BrokerServer:
                 await writer.wait_closed()
 
     async def run(self, ready: Callable[[str], None]) -> None:
+        credentials = provider_from_settings(self.settings.auth)
         try:
-            nc = await connect(self.settings, name="fleet-broker", closed_cb=self._on_closed)
+            nc = await connect(self.settings, name="fleet-broker", credentials=credentials,
+                               closed_cb=self._on_closed)
         except Exception as exc:
             ready(f"error: {exc}")
             return
+        # a long Ansible run outlives a token: refresh and re-authenticate in time
+        refresher = asyncio.create_task(keep_authenticated(nc, credentials, self._stop))
         server = await asyncio.start_unix_server(
             lambda r, w: self._serve_client(r, w, nc), path=str(self.path), limit=MAX_LINE
         )
@@ -222,6 +227,8 @@ class BrokerServer:
                 if self._active == 0 and time.monotonic() - self._last > self.idle:
                     break
         finally:
+            self._stop.set()
+            await refresher
             server.close()
             with contextlib.suppress(FileNotFoundError):
                 self.path.unlink()
