@@ -21,6 +21,7 @@ from harmony_fleet.contracts import (
     BUCKET_DEVICE_INFO,
     BUCKET_DEVICE_STATE,
     COMMAND_SUBJECT_PREFIX,
+    MAX_FOLLOW_S,
     REPORT_SUBJECT_PREFIX,
     kv_stream_name,
     kv_subject,
@@ -30,7 +31,7 @@ from harmony_fleet.contracts import (
 #: A device may send this many messages to one request's reply subject…
 DEVICE_RESPONSE_MAX: Final = 100_000
 #: …within this long after the request (the longest log follow).
-DEVICE_RESPONSE_TTL_S: Final = 3600
+DEVICE_RESPONSE_TTL_S: Final = MAX_FOLLOW_S
 
 _DESIRED = kv_stream_name(BUCKET_DESIRED_STATE)
 

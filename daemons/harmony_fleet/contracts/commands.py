@@ -33,6 +33,8 @@ HDR_OPERATOR_SUB: Final = "X-Harmony-Operator-Sub"
 MAX_REQUEST_BYTES: Final = 64 * 1024
 #: Largest ``data`` of one :class:`LogChunk` (bytes of UTF-8); a stream has no total cap.
 MAX_LOG_CHUNK_BYTES: Final = 16 * 1024
+#: Longest log follow; the callout lets a device answer one request for this long.
+MAX_FOLLOW_S: Final = 3600
 #: Largest output an ``exec`` reply carries (NATS' default max payload is 1 MiB).
 MAX_EXEC_OUTPUT_BYTES: Final = 512 * 1024
 
@@ -120,7 +122,7 @@ class LogsRequest(WireModel):
         description="RFC 3339 time or a duration such as 10m (podman logs --since)",
     )
     follow: bool = False
-    follow_timeout_s: int = Field(default=3600, ge=1, le=86_400)
+    follow_timeout_s: int = Field(default=MAX_FOLLOW_S, ge=1, le=MAX_FOLLOW_S)
 
 
 class LogChunk(WireModel):
