@@ -437,3 +437,53 @@ async def test_operator_with_token_credentials_survives_rollovers(
             await admin.drain()
     finally:
         await asyncio.to_thread(services.stop)
+
+
+async def test_namespace_limited_watching_and_health_probe(
+    fleet_stack: LocalStack, kube: RunningKubeEmulator, admin_nc: NatsClient
+) -> None:
+    import json
+    import urllib.request
+
+    from harmony_fleet.testing.nats_server import free_port
+
+    device = unique_device_id("ns")
+    await SimulatedFleet(admin_nc, {device: {"site": device}}).publish_info()
+    port = free_port()
+    replica = OperatorRun(fleet_stack, kube)
+    holder: list[FleetOperator] = []
+    replica.task = asyncio.create_task(run_operator(
+        OperatorConfig(nats=fleet_stack.admin_settings(), operator=OperatorSection(
+            namespaces=["shop"], probe_listen=f"127.0.0.1:{port}")),
+        replica.stop, target=KubeTarget(kube.url, insecure=True),
+        settings=OperatorSettings(identity="ns-op", device_resources=False),
+        kopf_tune={"posting.enabled": False}, holder=holder))
+    try:
+        await eventually(lambda: holder and holder[0].elector.is_leader)
+        selector = {"matchLabels": {"site": device}}
+        kube.emulator.create_object(DEPLOYMENTS, deployment("outside", selector, score(),
+                                                            namespace="other"),
+                                    namespace="other")
+        kube.emulator.create_object(DEPLOYMENTS, deployment("inside", selector, score()),
+                                    namespace="shop")
+        await eventually(lambda: _len(keys_of(admin_nc, "shop_inside"), 1))
+        await asyncio.sleep(1)
+        assert await keys_of(admin_nc, "other_outside") == set()
+        assert "other_outside" not in holder[0].deployments
+
+        def probe() -> dict[str, Any]:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+                assert resp.status == 200
+                return dict(json.loads(resp.read()))
+
+        health = await eventually(lambda: _try(probe))
+        assert health.get("leader") is True
+    finally:
+        await replica.halt()
+
+
+def _try(fn: Any) -> Any:
+    try:
+        return fn()
+    except OSError:
+        return None
