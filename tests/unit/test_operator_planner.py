@@ -131,7 +131,7 @@ def test_rollout_all_at_once_targets_every_matching_device() -> None:
     assert view.rollout.strategy is RolloutStrategy.ALL_AT_ONCE
     assert rollout_targets(view, ["a", "b"]) == ["a", "b"]
     assert rollout_targets(view, []) == []
-    assert rollout_targets(DeploymentView("t", sel(), S1, Rollout()), ["x"], {}) == ["x"]
+    assert rollout_targets(DeploymentView("t", sel(), S1, Rollout()), ["x"]) == ["x"]
 
 
 def test_view_value_is_the_canonical_score_bytes() -> None:

@@ -123,13 +123,7 @@ class FleetCommandsClient:
         self, device_id: str, verb: Verb, model: type[ReplyT], payload: bytes, timeout: float | None
     ) -> ReplyT:
         data = await self.request_raw(device_id, verb, payload, timeout=timeout)
-        try:
-            reply = parse_reply(data, model)
-        except ReplyDecodeError as exc:
-            raise BadReply(device_id, f"bad {verb.value} reply from {device_id}: {exc}") from exc
-        if isinstance(reply, ErrorReply):
-            raise RemoteError(device_id, reply)
-        return reply
+        return _decode(device_id, verb, data, model)
 
     async def ping(self, device_id: str, *, timeout: float | None = None) -> PingReply:
         reply = await self._call(device_id, Verb.PING, PingReply, b"{}", timeout)
@@ -184,7 +178,7 @@ class FleetCommandsClient:
                     ) from exc
                 if msg.headers and msg.headers.get("Status") == "503":
                     raise DeviceOffline(device_id, f"device {device_id} is offline (no responders)")
-                chunk = self._log_chunk(device_id, bytes(msg.data), first=expected == 0)
+                chunk = _decode(device_id, Verb.LOGS, bytes(msg.data), LogChunk)
                 if chunk.seq != expected:
                     raise BadReply(device_id, f"log stream from {device_id} lost chunks: got "
                                               f"#{chunk.seq}, expected #{expected}")
@@ -205,12 +199,13 @@ class FleetCommandsClient:
                     await self._nc.publish(device_command_subject(device_id, Verb.CANCEL),
                                            cancel.to_json_bytes())
 
-    @staticmethod
-    def _log_chunk(device_id: str, data: bytes, *, first: bool) -> LogChunk:
-        try:
-            reply = parse_reply(data, LogChunk)
-        except ReplyDecodeError as exc:
-            raise BadReply(device_id, f"bad logs message from {device_id}: {exc}") from exc
-        if isinstance(reply, ErrorReply):
-            raise RemoteError(device_id, reply)
-        return reply
+
+def _decode(device_id: str, verb: Verb, data: bytes, model: type[ReplyT]) -> ReplyT:
+    """A reply (or stream message) as ``model``; an ErrorReply or garbage becomes a typed error."""
+    try:
+        reply = parse_reply(data, model)
+    except ReplyDecodeError as exc:
+        raise BadReply(device_id, f"bad {verb.value} reply from {device_id}: {exc}") from exc
+    if isinstance(reply, ErrorReply):
+        raise RemoteError(device_id, reply)
+    return reply

@@ -17,6 +17,7 @@ from nats.aio.client import Client as NatsClient
 
 from harmony_fleet.contracts import (
     BUCKET_DESIRED_STATE,
+    BUCKET_DEVICE_STATE,
     DeploymentState,
     Phase,
     PodmanScore,
@@ -65,8 +66,6 @@ async def apply_desired_state(
 
 
 async def read_states(nc: NatsClient, token: str, devices: Sequence[str]) -> dict[str, DeploymentState]:
-    from harmony_fleet.contracts import BUCKET_DEVICE_STATE
-
     values = await read_bucket(nc.jetstream(), BUCKET_DEVICE_STATE, f"state.*.{token}")
     states = {}
     for device in devices:

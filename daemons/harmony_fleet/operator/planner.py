@@ -17,12 +17,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from harmony_fleet.contracts import (
-    DeploymentState,
     PodmanScore,
     desired_state_key,
     parse_desired_state_key,
 )
-from harmony_fleet.contracts.crd import LabelSelector, Rollout, RolloutStrategy
+from harmony_fleet.contracts.crd import LabelSelector, Rollout
 from harmony_fleet.planning import matching_devices, same_value, score_bytes
 
 
@@ -42,14 +41,13 @@ class DeploymentView:
         return score_bytes(self.score) if self.score is not None else None
 
 
-def rollout_targets(
-    view: DeploymentView, matching: list[str],
-    states: Mapping[str, DeploymentState] | None = None,
-) -> list[str]:
-    """The devices that should hold ``view``'s score now (the rollout strategy's seam)."""
-    if view.rollout.strategy is RolloutStrategy.ALL_AT_ONCE:
-        return matching
-    raise NotImplementedError(f"rollout strategy {view.rollout.strategy.value}")  # pragma: no cover
+def rollout_targets(view: DeploymentView, matching: list[str]) -> list[str]:
+    """The devices that should hold ``view``'s score now.
+
+    ``AllAtOnce`` (the only strategy the CRD accepts today) targets every matching device.
+    A batched strategy would also take the devices' reported states and return a subset.
+    """
+    return matching
 
 
 def plan_desired_state(
