@@ -86,8 +86,6 @@ def decode_desired(deployment: str, value: bytes, revision: int, max_bytes: int)
                            f"{exc.errors()[0]['msg']}")
         return Desired(deployment, revision,
                        error=f"invalid workload: {validation_summary(exc)}")
-    except ValueError as exc:  # pragma: no cover - pydantic wraps everything it raises
-        return Desired(deployment, revision, error=f"invalid workload: {exc}")
     return Desired(deployment, revision, score=score, score_hash=score.spec_hash())
 
 
