@@ -23,9 +23,9 @@ from harmony_fleet.agent.watch import DesiredStateWatcher
 from harmony_fleet.bus import NatsSettings, connect
 from harmony_fleet.bus.settings import ZitadelAuth
 from harmony_fleet.contracts import BUCKET_DESIRED_STATE, desired_state_key
-from harmony_fleet.testing.oidc import load_registry
-from harmony_fleet.testing.services import ServiceProcess, start_services
-from harmony_fleet.testing.stack import LocalStack
+from harmony_fleet.localstack.issuer import load_registry
+from harmony_fleet.localstack.services import ServiceProcess, start_services
+from harmony_fleet.localstack.stack import LocalStack
 
 
 def pct(values: list[float], q: float) -> float:
@@ -59,7 +59,7 @@ async def main(auths: int, concurrency: int) -> None:
         twin = load_registry(services.issuer.registry)
         user = twin.create_machine_user("bench-dev")
         user.metadata["device_id"] = "bench-dev"
-        user.roles.add("fleet-device")
+        twin.grant_roles(user.user_id, ["fleet-device"])
         tokens = [twin.issue_token(user) for _ in range(auths)]
 
         for instances in (1, 2):

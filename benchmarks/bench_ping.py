@@ -16,7 +16,7 @@ import statistics
 import time
 
 from harmony_fleet.bus import FleetCommandsClient, drain
-from harmony_fleet.testing.stack import LocalStack
+from harmony_fleet.localstack.stack import LocalStack
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

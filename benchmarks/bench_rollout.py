@@ -27,8 +27,8 @@ from harmony_fleet.contracts import (
     device_state_filter,
     parse_device_state_key,
 )
-from harmony_fleet.testing.images import build_busybox_image
-from harmony_fleet.testing.stack import LocalStack
+from harmony_fleet.localstack.images import build_busybox_image
+from harmony_fleet.localstack.stack import LocalStack
 
 DEVICE = "bench-0"
 IDLE = "trap 'exit 0' TERM; while :; do sleep 1 & wait $!; done"

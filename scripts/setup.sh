@@ -14,8 +14,13 @@ if [ "$(id -u)" -ne 0 ]; then
     SUDO="sudo"
 fi
 
-# --- system packages (see TEST-INFRA.md: crun does not work here, runc does) -------------
-APT_PACKAGES=(podman runc busybox-static uidmap slirp4netns python3-venv git make openssh-client)
+# --- system packages (podman with runc: crun fails on cgroup v1 hosts like these) ---------
+# docker-registry + apache2-utils (htpasswd): a real registry with basic auth on loopback for the
+# private-registry tests (tests/integration/registry.py); debootstrap: images/build-base.sh;
+# chromium: the dashboard's browser tests drive Debian's build through Playwright (a browser
+# download is never needed)
+APT_PACKAGES=(podman runc busybox-static uidmap slirp4netns python3-venv git make openssh-client
+              docker-registry apache2-utils debootstrap chromium)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
     if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed"; then
@@ -27,6 +32,11 @@ if [ "${#missing[@]}" -gt 0 ]; then
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         "${missing[@]}" >/dev/null
+    # Debian enables a system-wide registry on :5000 on install; the tests start their own on
+    # loopback, so a registry this script brought in is not left serving
+    if [[ " ${missing[*]} " == *" docker-registry "* ]] && [ -d /run/systemd/system ]; then
+        $SUDO systemctl disable --now docker-registry.service >/dev/null 2>&1 || true
+    fi
 fi
 
 # --- podman: runc and ulimits this kind of host accepts ------------------------------------
@@ -37,6 +47,18 @@ if ! cmp -s "$WANT_CONF" "$CONTAINERS_CONF" 2>/dev/null; then
     $SUDO install -D -m 0644 "$WANT_CONF" "$CONTAINERS_CONF"
 fi
 
+# --- podman --userns=auto (the agent's default policy) needs subordinate ids --------------
+# Rootful podman carves each container's user namespace from the ranges of user "containers".
+# The upper half of the 32-bit id space stays clear of login users (useradd hands out ranges
+# from 100000 up); harmony_fleet.agent.policy names the same range in its error message.
+SUBID_LINE="containers:2147483647:2147483648"
+for subid_file in /etc/subuid /etc/subgid; do
+    if ! grep -qs '^containers:' "$subid_file"; then
+        log "adding $SUBID_LINE to $subid_file"
+        echo "$SUBID_LINE" | $SUDO tee -a "$subid_file" >/dev/null
+    fi
+done
+
 # --- Python virtualenv ----------------------------------------------------------------------
 PY="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
@@ -44,11 +66,17 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 STAMP=.venv/.harmony-setup
-WANT_STAMP="$(cat pyproject.toml | sha256sum | cut -d' ' -f1)"
+WANT_STAMP="$(cat pyproject.toml tests/harness/pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null || true)" != "$WANT_STAMP" ]; then
-    log "pip install -e '.[dev]' (first run takes a few minutes: ansible is large)"
+    log "pip install the package, its dev group and the test harness (first run takes a few minutes: ansible is large)"
     .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[dev]'
+    # the product with every extra, the tools of the dev dependency group, and the test
+    # harness (an unpublished distribution of its own, tests/harness)
+    # --no-compile: pip would byte-compile all ~24,000 .py files of the venv (ansible's bundled
+    # collections are most of them), about 90 s of CPU (measured, 2,000 files in 7.3 s); Python
+    # compiles the few hundred modules a run imports when it first imports them, once
+    .venv/bin/python -m pip install -q --no-compile -e '.[localstack,operator,dashboard]' --group dev \
+        -e tests/harness
     echo "$WANT_STAMP" > "$STAMP"
 fi
 

@@ -1,7 +1,8 @@
 """Harmony Fleet: edge fleet orchestration over NATS.
 
-Layers (imports only point down): ``contracts`` <- ``bus`` <- ``agent`` / ``operator`` /
-``callout`` / ``testing`` <- ``cli``.
+Layers (imports only point down): ``errors`` <- ``contracts`` <- ``bus`` <- ``agent`` /
+``operator`` / ``callout`` / ``control`` <- ``localstack`` <- ``cli``. Every exception the package
+raises derives from :class:`harmony_fleet.errors.FleetError`.
 """
 
 from importlib.metadata import PackageNotFoundError, version

@@ -7,26 +7,20 @@ from __future__ import annotations
 
 from ansible_collections.harmony.fleet.plugins.plugin_utils.fleet_action import (
     FleetActionBase,
-    FleetError,
+    FleetCallError,
 )
 
 
 class ActionModule(FleetActionBase):
     ARGUMENT_SPEC = dict(device_id=dict(type="str"))
+    OPERATIONS = ("ping",)
 
     def run_fleet(self, args, task_vars):
-        device_id = (
-            args["device_id"]
-            or self._host_var(task_vars, "fleet_device_id")
-            or task_vars.get("inventory_hostname")
-        )
+        device_id = self.device_id(args, task_vars)
         try:
-            out = self.fleet_call(
-                args, "ping", dict(device_id=device_id, timeout=args["timeout"])
-            )
-        except FleetError as exc:
-            return dict(failed=True, changed=False, device_id=device_id, error=exc.type,
-                        msg=str(exc))
+            out = self.fleet_call(args, "ping", dict(device_id=device_id, timeout=args["timeout"]))
+        except FleetCallError as exc:
+            return exc.result(device_id=device_id)
         reply = out["reply"]
         return dict(
             changed=False,

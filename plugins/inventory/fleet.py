@@ -57,9 +57,15 @@ from datetime import timedelta
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Constructable
 
+from ansible_collections.harmony.fleet.plugins.plugin_utils._harmony_fleet import (
+    REQUIREMENTS_HINT,
+    use_shipped_package,
+)
+
+use_shipped_package()
 try:
     from harmony_fleet.bus import connect, drain
-    from harmony_fleet.bus.fleetview import read_fleet
+    from harmony_fleet.control.fleetview import read_fleet
     from harmony_fleet.bus.profile import ConnectionConfigError, resolve_settings
 except ImportError:
     HARMONY_FLEET_IMPORT_ERROR = traceback.format_exc()
@@ -86,10 +92,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
     def parse(self, inventory, loader, path, cache=True):
         super().parse(inventory, loader, path, cache)
         if HARMONY_FLEET_IMPORT_ERROR:
-            raise AnsibleParserError(
-                "the harmony_fleet Python package is required on the controller "
-                "(pip install harmony-fleet):\n" + HARMONY_FLEET_IMPORT_ERROR
-            )
+            raise AnsibleParserError(REQUIREMENTS_HINT + ":\n" + HARMONY_FLEET_IMPORT_ERROR)
         self._read_config_data(path)
         try:
             settings = resolve_settings(
@@ -99,12 +102,16 @@ class InventoryModule(BaseInventoryPlugin, Constructable):
                 token=self.get_option("nats_token"),
                 connection_file=self.get_option("connection_file"),
                 timeout=self.get_option("timeout"),
+                tls_ca_file=self.get_option("nats_tls_ca_file"),
+                tls_cert_file=self.get_option("nats_tls_cert_file"),
+                tls_key_file=self.get_option("nats_tls_key_file"),
             )
             view = self._read(settings, timedelta(seconds=self.get_option("offline_after")))
         except ConnectionConfigError as exc:
-            raise AnsibleParserError(f"fleet inventory {path}: {exc}") from exc
+            raise AnsibleParserError(f"fleet inventory: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:
-            raise AnsibleParserError(f"fleet inventory {path}: cannot read the fleet: {exc}") from exc
+            raise AnsibleParserError(
+                f"fleet inventory: cannot read the fleet: {type(exc).__name__}: {exc}") from exc
 
         for problem in view.problems:
             self.display.warning(f"fleet inventory: skipped {problem}")

@@ -12,8 +12,8 @@ description:
   - Sends C(ping) on C(device-commands.<device>.ping) and returns the agent's C(PingReply).
   - Runs on the controller (an action plugin); it never connects to the device over SSH, so
     it works for devices that are only reachable through NATS.
-  - A device whose agent is not connected fails immediately with C(device offline); one that
-    is connected but does not answer within O(timeout) fails with C(Timeout).
+  - A device whose agent is not connected fails immediately with RV(error=DeviceOffline); one
+    that is connected but does not answer within O(timeout) fails with RV(error=CommandTimeout).
   - Connections are shared between hosts of a run (see O(persistent)).
 options:
   device_id:
@@ -42,9 +42,12 @@ attributes:
     platforms: all
     details: Runs on the controller; the device only needs its agent connected to NATS.
 seealso:
-  - name: Harmony Fleet README
+  - name: Pinging devices
     description: The local stack, inventories and how to ping.
-    link: https://example.invalid/harmony/fleet#ping
+    link: https://git.nationtech.io/NationTech/harmony-fleet/src/branch/main/README.md#pinging-devices
+  - name: Errors
+    description: What each RV(error) means.
+    link: https://git.nationtech.io/NationTech/harmony-fleet/src/branch/main/README.md#errors
 author:
   - Harmony Fleet maintainers (@nationtech)
 """
@@ -118,9 +121,21 @@ reply:
       returned: success
 error:
   description:
-    - The typed error on failure, one of C(DeviceOffline), C(CommandTimeout), C(BadReply),
-      C(TransportError), C(RemoteError), C(ConnectError), C(ConnectionConfig).
+    - Why it failed, the name of a harmony_fleet exception class - C(DeviceOffline) (no agent
+      listens for the device), C(CommandTimeout) (no answer within O(timeout)), C(BadReply),
+      C(TransportError), C(RemoteError) (the agent answered with an error, see RV(kind)),
+      C(InvalidInput) (for example a device id that is not a DNS-1123 label), or one of the
+      connection errors every fleet module shares - C(ConnectionConfigError),
+      C(ConnectError), C(BrokerError), C(InternalError).
   returned: failure
   type: str
+  choices: [BadReply, BrokerError, CommandTimeout, ConnectError, ConnectionConfigError,
+            DeviceOffline, InternalError, InvalidInput, RemoteError, TransportError]
   sample: DeviceOffline
+kind:
+  description: With RV(error=RemoteError), the kind of error the agent answered with.
+  returned: when error is RemoteError
+  type: str
+  choices: [BadRequest, NotFound, Forbidden, Unsupported, Internal]
+  sample: Internal
 """

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from harmony_fleet.daemon import JsonFormatter, sd_notify, start_metrics_server
-from harmony_fleet.testing.nats_server import free_port
+from harmony_fleet.localstack.nats_server import free_port
 
 
 def test_sd_notify_without_systemd_is_a_noop(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from pathlib import Path
 
 from nats.aio.client import Client as NatsClient
@@ -10,8 +12,23 @@ from harmony_fleet.bus import ConnectError, NatsSettings, connect
 from harmony_fleet.bus.credentials import StaticTokenProvider
 from harmony_fleet.bus.settings import ZitadelAuth
 from harmony_fleet.bus.tokens import ZitadelTokenProvider
-from harmony_fleet.testing.oidc import OidcIssuer, load_registry
-from harmony_fleet.testing.services import FleetServices
+from harmony_fleet.localstack.issuer import OidcIssuer, load_registry
+from harmony_fleet.localstack.services import FleetServices, ServiceProcess, start_services
+from harmony_fleet.localstack.stack import LocalStack
+
+
+def own_services(tmp_path: Path, **options: object) -> Iterator[FleetServices]:
+    """A callout-mode server side of the test's own (for tests that break or restart parts)."""
+    services = start_services(tmp_path / "srv", auth="callout", **options)  # type: ignore[arg-type]
+    try:
+        asyncio.run(LocalStack(services.workdir, services, owns_server=False).ensure_buckets())
+        yield services
+    finally:
+        services.stop()
+
+
+def service(services: FleetServices, name: str) -> ServiceProcess:
+    return next(p for p in services.processes if p.name == name)
 
 
 def device_settings(services: FleetServices, key_file: Path) -> NatsSettings:
@@ -40,6 +57,18 @@ def issuer_twin(services: FleetServices) -> OidcIssuer:
     """The running issuer's keys and users, in this process: to mint tokens by hand."""
     assert services.issuer is not None
     return load_registry(services.issuer.registry)
+
+
+async def long_lived_admin(services: FleetServices) -> NatsClient:
+    """An admin connection on a hand-minted token that outlives the test.
+
+    For tests about devices across token rollovers or issuer outages: the harness's admin
+    (``LocalStack.admin_connect``, the admin machine key) rolls over with the same short
+    lifetimes, and a reply that arrives while a connection re-authenticates is lost.
+    """
+    twin = issuer_twin(services)
+    admin = next(u for u in twin.users.values() if "fleet-admin" in u.roles)
+    return await connect_with_token(services, twin.issue_token(admin, lifetime_s=600))
 
 
 async def connect_with_token(services: FleetServices, token: str | None) -> NatsClient:

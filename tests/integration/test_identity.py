@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import secrets
 from pathlib import Path
 
 import nats.errors
@@ -14,7 +16,15 @@ import pytest
 from nats.aio.client import Client as NatsClient
 
 from harmony_fleet.agent.watch import DesiredStateWatcher
-from harmony_fleet.bus import DeviceOffline, FleetCommandsClient
+from harmony_fleet.bus import (
+    ConnectError,
+    DeviceOffline,
+    FleetCommandsClient,
+    NatsSettings,
+    UserPasswordAuth,
+    connect,
+    drain,
+)
 from harmony_fleet.bus.kv import read_bucket
 from harmony_fleet.contracts import (
     BUCKET_DESIRED_STATE,
@@ -31,8 +41,8 @@ from harmony_fleet.contracts import (
     report_state_subject,
 )
 from harmony_fleet.contracts.base import utcnow
-from harmony_fleet.testing.oidc import OidcIssuer
-from harmony_fleet.testing.pytest_plugin import SharedServer, unique_device_id
+from harmony_fleet.localstack.issuer import OidcIssuer
+from harmony_fleet_harness.pytest_plugin import SharedServer, unique_device_id
 
 from .identity import connect_device, connect_with_token, denied, issuer_twin
 
@@ -207,14 +217,14 @@ async def test_bad_tokens_are_denied(fleet_callout_server: SharedServer) -> None
     twin = issuer_twin(services)
     device = twin.create_machine_user("tok-dev")
     device.metadata["device_id"] = "tok-dev"
-    device.roles.add("fleet-device")
+    twin.grant_roles(device.user_id, ["fleet-device"])
     no_role = twin.create_machine_user("tok-norole")
     no_role.metadata["device_id"] = "tok-norole"
     no_metadata = twin.create_machine_user("tok-nometa")
-    no_metadata.roles.add("fleet-device")
+    twin.grant_roles(no_metadata.user_id, ["fleet-device"])
     bad_metadata = twin.create_machine_user("tok-badmeta")
     bad_metadata.metadata["device_id"] = "Not_A_Device!"
-    bad_metadata.roles.add("fleet-device")
+    twin.grant_roles(bad_metadata.user_id, ["fleet-device"])
     forger = OidcIssuer(project_id=twin.project_id)  # another signing key, the same kid
     forger.port, forger._kid = twin.port, twin._kid
     cases = {
@@ -250,8 +260,16 @@ async def test_management_api_needs_an_admin_token(fleet_callout_server: SharedS
     assert services.issuer is not None
     twin = issuer_twin(services)
     device = twin.create_machine_user("not-an-admin")
-    device.roles.add("fleet-device")
-    for token in (None, "garbage", twin.issue_token(device)):  # the last is valid, no admin
+    twin.grant_roles(device.user_id, ["fleet-device"])
+    api = ["openid", "urn:zitadel:iam:org:project:id:zitadel:aud"]
+    # a device the running issuer knows (the twin's own users are not saved in its registry)
+    enrolled = unique_device_id("not-admin")
+    user_id = await asyncio.to_thread(services.enroll_device, enrolled, tmp_path / "k.json")
+    known = issuer_twin(services).users[user_id]
+    for token, status in ((None, 401), ("garbage", 401),
+                          (twin.issue_token(device), 401),  # valid, not for the API
+                          (twin.issue_token(device, scopes=api), 401),  # an unknown user
+                          (twin.issue_token(known, scopes=api), 403)):  # for it, no rights
         request = urllib.request.Request(
             f"{services.issuer.url}/management/v1/users/machine", method="POST",
             data=b'{"userName": "intruder"}',
@@ -259,8 +277,36 @@ async def test_management_api_needs_an_admin_token(fleet_callout_server: SharedS
                      **({"Authorization": f"Bearer {token}"} if token else {})})
         with pytest.raises(urllib.error.HTTPError) as err:
             await asyncio.to_thread(urllib.request.urlopen, request, timeout=5)
-        assert err.value.code == 401
+        assert err.value.code == status
     # and the admin path works: enrollment through the API gives a key that authenticates
     nc, _ = await connect_device(services, unique_device_id("enrolled"), tmp_path)
     assert nc.is_connected
     await nc.close()
+
+
+async def test_no_static_admin_in_callout_mode(fleet_callout_server: SharedServer) -> None:
+    """The old bootstrap admin (user/password in nats.conf, bypassing the identity provider)
+    is gone: only the services that must connect before the callout can answer are static."""
+    services = fleet_callout_server.services
+    assert services.admin is None
+    conf = services.server.config_file.read_text()
+    assert sorted(re.findall(r'user: "([^"]+)"', conf)) == ["callout", "sys", "writer"]
+    assert 'auth_users: ["callout", "writer", "sys"]' in conf
+    # the attack: log in the old way, as "admin", with every password this server knows
+    passwords = re.findall(r'password: "([^"]+)"', conf)
+    callout_log = next(p.log_file for p in services.processes if p.name == "fleet-callout")
+    for i, password in enumerate(passwords):
+        name = f"old-admin-{i}-{secrets.token_hex(3)}"
+        settings = NatsSettings(urls=[services.nats_url], connect_attempts=1,
+                                connect_timeout_s=5,
+                                auth=UserPasswordAuth(user="admin", password=password))
+        with pytest.raises(ConnectError, match="Authorization Violation"):
+            await connect(settings, name=name)
+        # decided by the callout (no static user "admin" matched), which found no token
+        denial = [line for line in callout_log.read_text().splitlines() if f"({name})" in line]
+        assert denial, f"{name} never reached the callout"
+        assert ": no-token:" in denial[-1]
+    # the admin credential now is the issuer's admin machine key, checked by the callout
+    nc = await fleet_callout_server.stack().admin_connect("machine-key-admin")
+    assert nc.is_connected
+    await drain(nc)

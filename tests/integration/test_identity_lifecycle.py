@@ -14,22 +14,20 @@ from harmony_fleet.agent.watch import DesiredStateWatcher
 from harmony_fleet.bus import FleetCommandsClient
 from harmony_fleet.bus.connection import keep_authenticated
 from harmony_fleet.contracts import BUCKET_DESIRED_STATE, desired_state_key
-from harmony_fleet.testing.pytest_plugin import unique_device_id
-from harmony_fleet.testing.services import FleetServices, start_services
-from harmony_fleet.testing.stack import LocalStack
+from harmony_fleet.localstack.services import FleetServices
+from harmony_fleet.localstack.stack import LocalStack
+from harmony_fleet_harness.pytest_plugin import unique_device_id
 
-from .identity import connect_device, connect_with_token, denied, issuer_twin
+from .identity import (
+    connect_device,
+    connect_with_token,
+    denied,
+    issuer_twin,
+    long_lived_admin,
+    own_services,
+)
 
 ROLLOVER_LIFETIME_S = 4
-
-
-def own_services(tmp_path: Path, **options: object) -> Iterator[FleetServices]:
-    services = start_services(tmp_path / "srv", auth="callout", **options)  # type: ignore[arg-type]
-    try:
-        asyncio.run(LocalStack(services.workdir, services, owns_server=False).ensure_buckets())
-        yield services
-    finally:
-        services.stop()
 
 
 @pytest.fixture
@@ -72,7 +70,7 @@ async def test_agent_stays_connected_across_token_rollovers(
     stack = LocalStack(short_token_services.workdir, short_token_services, owns_server=False)
     device = unique_device_id("rollover")
     handle = await stack.add_device(device)
-    admin = await stack.admin_connect()
+    admin = await long_lived_admin(short_token_services)
     failed_reports = REPORTS.labels(kind="heartbeat", outcome="error")
     failed_before = failed_reports._value.get()
     try:
@@ -99,8 +97,7 @@ async def test_watch_misses_nothing_across_token_rollovers(
 ) -> None:
     device = unique_device_id("rollwatch")
     nc, provider = await connect_device(short_token_services, device, tmp_path)
-    stack = LocalStack(short_token_services.workdir, short_token_services, owns_server=False)
-    admin: NatsClient = await stack.admin_connect()
+    admin: NatsClient = await long_lived_admin(short_token_services)
     stop = asyncio.Event()
     watcher = DesiredStateWatcher(nc, device, idle_heartbeat_s=0.5, backoff_s=0.2)
 
@@ -134,3 +131,46 @@ async def test_watch_misses_nothing_across_token_rollovers(
         await asyncio.gather(*tasks, return_exceptions=True)
         await nc.close()
         await admin.drain()
+
+
+async def test_a_rotating_connection_loses_no_reply_across_token_rollovers(
+    short_token_services: FleetServices,
+) -> None:
+    """The Ansible broker's connection: pings in flight all the time, tokens of 4 s. Each
+    refresh moves new work to a fresh connection; work in flight finishes where it started."""
+    from harmony_fleet.bus.connection import RotatingConnection
+    from harmony_fleet.bus.settings import ZitadelAuth
+
+    stack = LocalStack(short_token_services.workdir, short_token_services, owns_server=False)
+    device = unique_device_id("rotate")
+    await stack.add_device(device)
+    settings = stack.admin_settings()
+    assert isinstance(settings.auth, ZitadelAuth)
+    connection = RotatingConnection(settings, name="rotation-test")
+    await connection.open()
+    stop = asyncio.Event()
+    rotator = asyncio.create_task(connection.run(stop))
+    answered, failures = 0, []
+    try:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 4.5 * ROLLOVER_LIFETIME_S
+
+        async def pinger() -> None:
+            nonlocal answered
+            while loop.time() < deadline:
+                async with connection.borrow() as nc:
+                    try:
+                        await FleetCommandsClient(nc, timeout=2).ping(device)
+                        answered += 1
+                    except Exception as exc:
+                        failures.append(repr(exc))
+
+        await asyncio.gather(*(pinger() for _ in range(4)))
+    finally:
+        stop.set()
+        await rotator
+        await connection.close()
+        await stack.down()
+    assert connection.rotations >= 3, connection.rotations
+    assert failures == []
+    assert answered > 100

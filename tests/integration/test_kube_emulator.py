@@ -1,4 +1,4 @@
-"""The Kubernetes API emulator (harmony_fleet.testing.kube_emulator), proven over real HTTP.
+"""The Kubernetes API emulator (harmony_fleet_harness.kube_emulator), proven over real HTTP.
 
 Plain aiohttp requests pin the API server semantics the emulator adds to kmock (metadata stamping,
 Status errors, merge/JSON patches, the status subresource, finalizers, selectors, watches, the
@@ -21,7 +21,7 @@ import aiohttp
 import kmock
 import pytest
 
-from harmony_fleet.testing.kube_emulator import (
+from harmony_fleet_harness.kube_emulator import (
     DEPLOYMENTS,
     DEVICES,
     EVENTS,

@@ -1,6 +1,6 @@
 """fleet-operator against the Kubernetes API emulator, a real nats-server and simulated devices.
 
-Devices here are SIMULATED (harmony_fleet.testing.simulate): their reports are written to the
+Devices here are SIMULATED (harmony_fleet_harness.simulate): their reports are written to the
 buckets directly and a simulated runtime answers desired-state keys with Running/Failed. The
 real agent is covered by the agent and identity tests; one test below pings a real agent
 through the operator's command client.
@@ -19,17 +19,20 @@ from nats.aio.client import Client as NatsClient
 
 from harmony_fleet.bus.kv import read_bucket
 from harmony_fleet.contracts import BUCKET_DESIRED_STATE, Phase, PodmanScore
-from harmony_fleet.operator.app import FleetOperator, OperatorSettings
+from harmony_fleet.localstack.stack import LocalStack
+from harmony_fleet.operator.app import FleetOperator
+from harmony_fleet.operator.config import OperatorSection
 from harmony_fleet.operator.kube import KubeTarget
-from harmony_fleet.operator.main import OperatorConfig, OperatorSection, run_operator
-from harmony_fleet.testing.kube_emulator import (
+from harmony_fleet.operator.main import OperatorConfig, run_operator
+from harmony_fleet_harness.kube_emulator import (
     RunningKubeEmulator,
     max_per_window,
     start_kube_emulator,
 )
-from harmony_fleet.testing.pytest_plugin import unique_device_id
-from harmony_fleet.testing.simulate import SimulatedFleet
-from harmony_fleet.testing.stack import LocalStack
+from harmony_fleet_harness.pytest_plugin import unique_device_id
+from harmony_fleet_harness.simulate import SimulatedFleet
+
+from .identity import long_lived_admin
 
 DEPLOYMENTS = "fleet.nationtech.io/v1alpha1/deployments"
 DEVICES = "fleet.nationtech.io/v1alpha1/devices"
@@ -67,7 +70,7 @@ class OperatorRun:
                                 operator=OperatorSection(probe_listen=None))
         self.task = asyncio.create_task(run_operator(
             config, self.stop, target=KubeTarget(self.kube.url, insecure=True),
-            settings=OperatorSettings(identity="op-test", offline_after_s=2,
+            settings=OperatorSection(identity="op-test", offline_after_s=2,
                                       device_interval_s=0.3, replan_interval_s=2),
             kopf_tune={"watching.server_timeout": 30, "posting.enabled": False},
             holder=holder))
@@ -315,7 +318,7 @@ async def test_two_replicas_one_writer_and_failover(
                 OperatorConfig(nats=fleet_stack.admin_settings(),
                                operator=OperatorSection(probe_listen=None)),
                 replica.stop, target=KubeTarget(kube.url, insecure=True),
-                settings=OperatorSettings(identity=f"replica-{i}", lease_duration_s=3,
+                settings=OperatorSection(identity=f"replica-{i}", lease_duration_s=3,
                                           lease_renew_s=0.5, device_resources=False),
                 kopf_tune={"posting.enabled": False}, holder=holder))
             await eventually(lambda h=holder: bool(h))
@@ -373,16 +376,21 @@ async def test_bad_entries_are_skipped_and_rbac_covers_every_write(
     assert_rbac_covers(run.kube.emulator.write_log)
 
 
+#: the roles bound to the operator's ServiceAccount (the others in rbac.yaml are for users)
+OPERATOR_ROLES = ("fleet-operator", "fleet-operator-leader")
+
+
 def assert_rbac_covers(writes: list[Any]) -> None:
     """Every write the operator made is allowed by manifests/operator/rbac.yaml."""
     from pathlib import Path
 
     import yaml
 
-    docs = list(yaml.safe_load_all(
-        (Path(__file__).parents[2] / "manifests/operator/rbac.yaml").read_text()))
+    docs = yaml.safe_load(
+        (Path(__file__).parents[2] / "manifests/operator/rbac.yaml").read_text())["items"]
     allowed = {(group, resource, verb)
                for doc in docs if doc["kind"] in ("ClusterRole", "Role")
+               and doc["metadata"]["name"] in OPERATOR_ROLES
                for rule in doc["rules"] for group in rule["apiGroups"]
                for resource in rule["resources"] for verb in rule["verbs"]}
     verbs = {"POST": "create", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}
@@ -403,14 +411,15 @@ async def test_operator_with_token_credentials_survives_rollovers(
     kube: RunningKubeEmulator, tmp_path: Any
 ) -> None:
     from harmony_fleet.bus import NatsSettings
-    from harmony_fleet.testing.services import start_services
+    from harmony_fleet.localstack.services import start_services
 
     services = await asyncio.to_thread(start_services, tmp_path / "srv", auth="callout",
                                        token_lifetime_s=4)
     stack = LocalStack(services.workdir, services, owns_server=False)
     try:
         await stack.ensure_buckets()
-        admin = await stack.admin_connect()
+        # the test's own eyes outlive the 4 s tokens (the operator's connection is the subject)
+        admin = await long_lived_admin(services)
         site = unique_device_id("site")
         await SimulatedFleet(admin, {unique_device_id("tok"): {"site": site}}).publish_info()
         settings = NatsSettings.model_validate({"urls": [services.nats_url],
@@ -421,7 +430,7 @@ async def test_operator_with_token_credentials_survives_rollovers(
         replica.task = asyncio.create_task(run_operator(
             OperatorConfig(nats=settings, operator=OperatorSection(probe_listen=None)),
             replica.stop, target=KubeTarget(kube.url, insecure=True),
-            settings=OperatorSettings(identity="tok-op", device_resources=False),
+            settings=OperatorSection(identity="tok-op", device_resources=False),
             kopf_tune={"posting.enabled": False}, holder=holder))
         try:
             await eventually(lambda: holder and holder[0].elector.is_leader
@@ -445,7 +454,7 @@ async def test_namespace_limited_watching_and_health_probe(
     import json
     import urllib.request
 
-    from harmony_fleet.testing.nats_server import free_port
+    from harmony_fleet.localstack.nats_server import free_port
 
     device = unique_device_id("ns")
     await SimulatedFleet(admin_nc, {device: {"site": device}}).publish_info()
@@ -456,7 +465,7 @@ async def test_namespace_limited_watching_and_health_probe(
         OperatorConfig(nats=fleet_stack.admin_settings(), operator=OperatorSection(
             namespaces=["shop"], probe_listen=f"127.0.0.1:{port}")),
         replica.stop, target=KubeTarget(kube.url, insecure=True),
-        settings=OperatorSettings(identity="ns-op", device_resources=False),
+        settings=OperatorSection(identity="ns-op", device_resources=False),
         kopf_tune={"posting.enabled": False}, holder=holder))
     try:
         await eventually(lambda: holder and holder[0].elector.is_leader)
@@ -487,3 +496,351 @@ def _try(fn: Any) -> Any:
         return fn()
     except OSError:
         return None
+
+
+# ----------------------------------------------------------------------------- secrets
+
+
+def secret_deployment(name: str, selector: dict[str, Any], secret: str,
+                      key: str = "password") -> dict[str, Any]:
+    body = deployment(name, selector, {"services": [{"name": "web", "image": IMAGE,
+                                                     "secrets": ["db"]}]})
+    body["spec"]["secrets"] = [{"name": "db", "secretKeyRef": {"name": secret, "key": key}}]
+    return body
+
+
+def kube_secret(name: str, value: bytes, namespace: str = "shop") -> dict[str, Any]:
+    import base64
+
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": name, "namespace": namespace},
+            "data": {"password": base64.b64encode(value).decode()}}
+
+
+def condition(emulator: Any, name: str, kind: str) -> dict[str, Any] | None:
+    obj = emulator.get_object(DEPLOYMENTS, name, namespace="shop") or {}
+    return next((c for c in (obj.get("status") or {}).get("conditions") or []
+                 if c["type"] == kind), None)
+
+
+async def test_kubernetes_secrets_are_sealed_to_each_device(
+    run: OperatorRun, admin_nc: NatsClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    import json
+    import logging
+    import secrets as random_secrets
+
+    from harmony_fleet.contracts.sealing import generate_private_key
+    from harmony_fleet_harness.kube_emulator import SECRETS
+
+    caplog.set_level(logging.DEBUG)
+    site = unique_device_id("site")
+    d0, d1, keyless = (unique_device_id(f"sec{i}") for i in range(3))
+    fleet = SimulatedFleet(admin_nc, {d: {"site": site} for d in (d0, d1, keyless)},
+                           sealing_keys={d0: generate_private_key(), d1: generate_private_key()})
+    await fleet.publish_info()
+    stop = asyncio.Event()
+    runtime = asyncio.create_task(fleet.run_runtime(stop))
+    try:
+        await run.start()
+        emulator = run.kube.emulator
+        value = ("pw-" + random_secrets.token_hex(16)).encode()
+        secret_name = unique_device_id("creds")
+        emulator.create_object(SECRETS, kube_secret(secret_name, value), namespace="shop")
+        name = unique_device_id("vault")
+        token = f"shop_{name}"
+        emulator.create_object(DEPLOYMENTS, secret_deployment(
+            name, {"matchLabels": {"site": site}}, secret_name), namespace="shop")
+
+        # the two devices with a key get their own sealing; the keyless one gets nothing
+        await eventually(lambda: _eq(lambda: keys_of(admin_nc, token),
+                                     {f"{d0}.{token}", f"{d1}.{token}"}))
+        stored = await read_bucket(admin_nc.jetstream(), BUCKET_DESIRED_STATE, f"*.{token}")
+        assert stored[f"{d0}.{token}"] != stored[f"{d1}.{token}"]
+        assert all(value not in raw for raw in stored.values())
+        await eventually(lambda: all(fleet.opened.get(f"{d}.{token}") == {"db": value}
+                                     for d in (d0, d1)))
+
+        def agg() -> dict[str, Any]:
+            obj = emulator.get_object(DEPLOYMENTS, name, namespace="shop") or {}
+            return dict((obj.get("status") or {}).get("aggregate") or {})
+
+        final = await eventually(lambda: agg().get("succeeded") == 2 and agg())
+        assert final["matchedDeviceCount"] == 3
+        assert final["failed"] == 1
+        assert final["lastError"].startswith(f"{keyless}: publishes no sealing key")
+
+        # a restart reseals to the same bytes: nothing is rewritten
+        await run.halt()
+        second = await run.start()
+        await asyncio.sleep(2.5)  # a periodic re-plan too
+        assert second.key_writes == 0
+
+        # a device with a new key gets the secret sealed to that key
+        before_rekey = (await read_bucket(admin_nc.jetstream(), BUCKET_DESIRED_STATE,
+                                          f"{d0}.{token}"))[f"{d0}.{token}"]
+        fleet.opened.pop(f"{d0}.{token}")
+        await fleet.rekey(d0, generate_private_key())
+        await eventually(lambda: fleet.opened.get(f"{d0}.{token}") == {"db": value})
+        after_rekey = (await read_bucket(admin_nc.jetstream(), BUCKET_DESIRED_STATE,
+                                         f"{d0}.{token}"))[f"{d0}.{token}"]
+        assert after_rekey != before_rekey
+
+        # a new value in the Kubernetes Secret reaches the devices at the next plan
+        new_value = ("pw-" + random_secrets.token_hex(16)).encode()
+        emulator.patch_object(SECRETS, secret_name, kube_secret(secret_name, new_value),
+                              namespace="shop")
+        await eventually(lambda: all(fleet.opened.get(f"{d}.{token}") == {"db": new_value}
+                                     for d in (d0, d1)), timeout=20)
+
+        # a Secret that goes away makes the Deployment invalid; the keys stay as they were
+        before = await read_bucket(admin_nc.jetstream(), BUCKET_DESIRED_STATE, f"*.{token}")
+        emulator.delete_object(SECRETS, secret_name, namespace="shop")
+        valid = await eventually(lambda: (c := condition(emulator, name, "Valid"))
+                                 and c["status"] == "False" and c, timeout=20)
+        assert valid["reason"] == "SecretUnavailable"
+        assert valid["message"] == (f"secret db: Kubernetes Secret shop/{secret_name} "
+                                    "does not exist")
+        assert await read_bucket(admin_nc.jetstream(), BUCKET_DESIRED_STATE,
+                                 f"*.{token}") == before
+
+        # the plaintext is in no log record and nowhere in the Deployment
+        shown = json.dumps(emulator.get_object(DEPLOYMENTS, name, namespace="shop"))
+        for plain in (value, new_value):
+            assert plain.decode() not in shown
+            assert plain.decode() not in caplog.text
+    finally:
+        stop.set()
+        await runtime
+
+
+async def test_a_missing_secret_key_is_a_clear_condition_and_writes_nothing(
+    run: OperatorRun, admin_nc: NatsClient
+) -> None:
+    from harmony_fleet.contracts.sealing import generate_private_key
+    from harmony_fleet_harness.kube_emulator import SECRETS
+
+    device = unique_device_id("nokey")
+    await SimulatedFleet(admin_nc, {device: {"site": device}},
+                         sealing_keys={device: generate_private_key()}).publish_info()
+    await run.start()
+    emulator = run.kube.emulator
+    secret_name = unique_device_id("creds")
+    emulator.create_object(SECRETS, kube_secret(secret_name, b"x"), namespace="shop")
+    name = unique_device_id("wrongkey")
+    emulator.create_object(DEPLOYMENTS, secret_deployment(
+        name, {"matchLabels": {"site": device}}, secret_name, key="token"), namespace="shop")
+    valid = await eventually(lambda: condition(emulator, name, "Valid"))
+    assert valid["status"] == "False"
+    assert valid["reason"] == "SecretUnavailable"
+    assert valid["message"] == f"secret db: Kubernetes Secret shop/{secret_name} has no key 'token'"
+    assert await keys_of(admin_nc, f"shop_{name}") == set()
+
+
+def test_rbac_reads_secrets_by_name_only() -> None:
+    """The operator reads the Secrets it is pointed at (get) and cannot enumerate others."""
+    from pathlib import Path
+
+    import yaml
+
+    docs = yaml.safe_load(
+        (Path(__file__).parents[2] / "manifests/operator/rbac.yaml").read_text())["items"]
+    verbs = {verb for doc in docs if doc["kind"] in ("ClusterRole", "Role")
+             and doc["metadata"]["name"] in OPERATOR_ROLES
+             for rule in doc["rules"] if "" in rule["apiGroups"] and "secrets" in rule["resources"]
+             for verb in rule["verbs"]}
+    assert verbs == {"get"}
+
+
+# ---- batched rollouts -----------------------------------------------------------------------
+
+
+def rollout_of(emulator: Any, name: str) -> dict[str, Any]:
+    obj = emulator.get_object(DEPLOYMENTS, name, namespace="shop") or {}
+    return dict((obj.get("status") or {}).get("rollout") or {})
+
+
+async def test_batched_rollout_pauses_on_failures_and_resumes(
+    run: OperatorRun, admin_nc: NatsClient
+) -> None:
+    """300 simulated devices, batches of 20 %, at most 2 failures: 3 injected failures in
+    the second batch pause the rollout with the devices named; the first score keeps running
+    on the batches not reached; a resume (the annotation) accepts them and the rollout
+    completes; a new score is rolled out batch by batch again."""
+    site = unique_device_id("rollout")
+    devices = {f"{site}-{i:03d}": {"site": site} for i in range(300)}
+    ordered = sorted(devices)
+    fleet = SimulatedFleet(admin_nc, devices, concurrency=64)
+    fleet.failing = set(ordered[70:73])  # batch 2 is ordered[60:120]
+    await fleet.publish_info()
+    stop = asyncio.Event()
+    runtime = asyncio.create_task(fleet.run_runtime(stop))
+    emulator = run.kube.emulator
+    name = unique_device_id("batched")
+    token = f"shop_{name}"
+    try:
+        await run.start()
+        body = deployment(name, {"matchLabels": {"site": site}}, score("1"))
+        body["spec"]["rollout"] = {"strategy": "Batched", "batchPercent": 20,
+                                   "successThreshold": 90, "maxFailures": 2}
+        emulator.create_object(DEPLOYMENTS, body, namespace="shop")
+        # batch 1: exactly 60 keys until its devices report
+        paused = await eventually(lambda: rollout_of(emulator, name).get("phase") == "Paused"
+                                  and rollout_of(emulator, name), timeout=60)
+        assert paused["pauseReason"] == "FailureThresholdExceeded"
+        assert paused["currentBatch"] == 2
+        assert paused["batchSize"] == 60
+        assert paused["failingDevices"] == ordered[70:73]
+        keys = await keys_of(admin_nc, token)
+        assert len(keys) <= 120  # never past the second batch
+        assert {f"{d}.{token}" for d in ordered[:60]} <= keys
+        cond = condition(emulator, name, "RolloutPaused")
+        assert cond is not None
+        assert cond["status"] == "True"
+        assert cond["reason"] == "FailureThresholdExceeded"
+        assert all(d in cond["message"] for d in ordered[70:73])
+        await asyncio.sleep(1.5)  # paused means paused
+        assert len(await keys_of(admin_nc, token)) == len(keys)
+
+        emulator.patch_object(DEPLOYMENTS, name, {"metadata": {"annotations": {
+            "fleet.nationtech.io/resume-rollout": "1"}}}, namespace="shop")
+        done = await eventually(lambda: rollout_of(emulator, name).get("phase") == "Complete"
+                                and rollout_of(emulator, name), timeout=90)
+        assert done["updated"] == 300
+        assert done["currentBatch"] == 5
+        assert len(await keys_of(admin_nc, token)) == 300
+        cond = condition(emulator, name, "RolloutPaused")
+        assert cond is not None
+        assert cond["status"] == "False"
+
+        # a new score: batch by batch again, the old one keeps running meanwhile
+        fleet.failing = set()
+        spec = dict(body["spec"], score=score("2"))
+        emulator.patch_object(DEPLOYMENTS, name, {"spec": spec}, namespace="shop")
+        first = await eventually(lambda: rollout_of(emulator, name).get("revision") not in (
+            None, done["revision"]) and rollout_of(emulator, name), timeout=30)
+        assert first["currentBatch"] >= 1
+        stored = await read_bucket(admin_nc.jetstream(), BUCKET_DESIRED_STATE, f"*.{token}")
+        assert len(stored) == 300  # nobody lost its score
+        await eventually(lambda: rollout_of(emulator, name).get("phase") == "Complete"
+                         and rollout_of(emulator, name).get("revision") == first["revision"],
+                         timeout=90)
+        stored = await read_bucket(admin_nc.jetstream(), BUCKET_DESIRED_STATE, f"*.{token}")
+        assert {PodmanScore.model_validate_json(v).services[0].env["TAG"]
+                for v in stored.values()} == {"2"}
+    finally:
+        stop.set()
+        await runtime
+
+
+async def test_offline_devices_time_out_their_batch(
+    run: OperatorRun, admin_nc: NatsClient
+) -> None:
+    """40 simulated devices, batches of 10, 3 s per batch, 80 % to pass, 2 failures
+    tolerated. One device of batch 1 never answers: the batch ends at its timeout (9 of 10
+    ran) and batch 2 starts. Two of batch 3 never answer either: 3 timed out, over
+    maxFailures, so the rollout pauses naming them, and stays paused across an operator
+    restart. A resume finishes it while they are still offline (their keys wait for them);
+    one of them coming back counts as what it reports."""
+    site = unique_device_id("tmo")
+    devices = {f"{site}-{i:03d}": {"site": site} for i in range(40)}
+    ordered = sorted(devices)
+    offline = [ordered[3], ordered[24], ordered[27]]
+    fleet = SimulatedFleet(admin_nc, devices, concurrency=32)
+    fleet.silent = set(offline)
+    await fleet.publish_info()
+    stop = asyncio.Event()
+    runtime = asyncio.create_task(fleet.run_runtime(stop))
+    emulator = run.kube.emulator
+    name = unique_device_id("timeout")
+    token = f"shop_{name}"
+    try:
+        await run.start()
+        body = deployment(name, {"matchLabels": {"site": site}}, score("1"))
+        body["spec"]["rollout"] = {"strategy": "Batched", "batchSize": 10,
+                                   "successThreshold": 80, "maxFailures": 2,
+                                   "batchTimeoutSeconds": 3}
+        emulator.create_object(DEPLOYMENTS, body, namespace="shop")
+        # batch 1 waits for its silent device until the timeout, then batch 2 starts
+        first = await eventually(lambda: rollout_of(emulator, name).get("currentBatch") == 1
+                                 and rollout_of(emulator, name), timeout=15)
+        assert first["timedOutDevices"] == []
+        later = await eventually(lambda: rollout_of(emulator, name).get("currentBatch", 0) >= 2
+                                 and rollout_of(emulator, name), timeout=30)
+        assert later["timedOutDevices"][:1] == [ordered[3]]
+        paused = await eventually(lambda: rollout_of(emulator, name).get("phase") == "Paused"
+                                  and rollout_of(emulator, name), timeout=60)
+        assert paused["pauseReason"] == "FailureThresholdExceeded"
+        assert paused["currentBatch"] == 3
+        assert paused["timedOutDevices"] == offline
+        assert paused["timedOut"] == 3
+        assert all(d in paused["message"] for d in offline)
+        cond = condition(emulator, name, "RolloutPaused")
+        assert cond is not None
+        assert cond["status"] == "True"
+        assert all(d in cond["message"] for d in offline)
+        assert len(await keys_of(admin_nc, token)) == 30  # nothing past batch 3
+
+        # a restarted operator finds the pause and the timed-out devices in the status
+        await run.halt()
+        await run.start()
+        await asyncio.sleep(1.5)
+        assert rollout_of(emulator, name)["phase"] == "Paused"
+        assert rollout_of(emulator, name)["timedOutDevices"] == offline
+        assert len(await keys_of(admin_nc, token)) == 30
+
+        emulator.patch_object(DEPLOYMENTS, name, {"metadata": {"annotations": {
+            "fleet.nationtech.io/resume-rollout": "1"}}}, namespace="shop")
+        done = await eventually(lambda: rollout_of(emulator, name).get("phase") == "Complete"
+                                and rollout_of(emulator, name), timeout=30)
+        assert done["updated"] == 40
+        assert done["timedOutDevices"] == offline
+        assert len(await keys_of(admin_nc, token)) == 40
+        obj = emulator.get_object(DEPLOYMENTS, name, namespace="shop")
+        assert obj["status"]["aggregate"]["pending"] == 3
+
+        # one comes back and runs: no longer timed out
+        spec_hash = PodmanScore.model_validate(score("1")).spec_hash()
+        await fleet.report(ordered[3], token, Phase.RUNNING, spec_hash)
+        await eventually(lambda: rollout_of(emulator, name).get("timedOutDevices")
+                         == offline[1:], timeout=15)
+    finally:
+        stop.set()
+        await runtime
+
+
+@pytest.mark.parametrize(("rollout", "reason"), [
+    ({"strategy": "Batched"}, "InvalidRollout"),
+    ({"strategy": "Batched", "batchPercent": 120}, "InvalidRollout"),
+    ({"strategy": "AllAtOnce", "maxFailures": 3}, "InvalidRollout"),
+])
+async def test_bad_rollout_is_invalid_and_writes_nothing(
+    run: OperatorRun, admin_nc: NatsClient, rollout: dict[str, Any], reason: str
+) -> None:
+    """The API server rejects these at admission (CRD schema, CEL); an object that got in
+    anyway (an older CRD) is Valid=False with the reason, and nothing is written."""
+    site = unique_device_id("badroll")
+    fleet = SimulatedFleet(admin_nc, {unique_device_id("d"): {"site": site}})
+    await fleet.publish_info()
+    await run.start()
+    name = unique_device_id("bad")
+    body = deployment(name, {"matchLabels": {"site": site}}, score())
+    body["spec"]["rollout"] = rollout
+    run.kube.emulator.create_object(DEPLOYMENTS, body, namespace="shop")
+    valid = await eventually(lambda: condition(run.kube.emulator, name, "Valid"))
+    assert valid["status"] == "False"
+    assert valid["reason"] == reason
+    assert await keys_of(admin_nc, f"shop_{name}") == set()
+
+
+async def test_contradictory_selector_is_invalid(run: OperatorRun, admin_nc: NatsClient) -> None:
+    await run.start()
+    name = unique_device_id("never")
+    selector = {"matchLabels": {"site": "a"},
+                "matchExpressions": [{"key": "site", "operator": "NotIn", "values": ["a"]}]}
+    run.kube.emulator.create_object(DEPLOYMENTS, deployment(name, selector, score()),
+                                    namespace="shop")
+    valid = await eventually(lambda: condition(run.kube.emulator, name, "Valid"))
+    assert valid["status"] == "False"
+    assert valid["reason"] == "InvalidSelector"
+    assert "site" in valid["message"]

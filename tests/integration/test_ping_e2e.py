@@ -26,7 +26,7 @@ from harmony_fleet.contracts import (
     device_heartbeat_key,
     device_info_key,
 )
-from harmony_fleet.testing.stack import LocalStack
+from harmony_fleet.localstack.stack import LocalStack
 
 
 async def test_ping_live_agent_reply_fields_and_uptime_grows(

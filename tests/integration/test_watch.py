@@ -11,7 +11,12 @@ from nats.aio.client import Client as NatsClient
 from nats.js.kv import KeyValue
 
 from harmony_fleet.agent.watch import DesiredStateWatcher
-from harmony_fleet.contracts import BUCKET_DESIRED_STATE, desired_state_key, kv_stream_name
+from harmony_fleet.contracts import (
+    BUCKET_DESIRED_STATE,
+    desired_state_key,
+    device_consumer_name,
+    kv_stream_name,
+)
 
 
 @pytest.fixture
@@ -91,12 +96,14 @@ async def test_consumer_deleted_under_it_is_recreated(
 ) -> None:
     await desired.put(desired_state_key(device_id, "app"), b"v1")
     await wait_for(running, {"app": b"v1"})
-    first = running.consumer_name
-    assert first is not None
-    await admin_nc.jetstream().delete_consumer(kv_stream_name(BUCKET_DESIRED_STATE), first)
+    sessions = running.sessions
+    assert running.consumer_name == device_consumer_name(device_id)
+    await admin_nc.jetstream().delete_consumer(kv_stream_name(BUCKET_DESIRED_STATE),
+                                               device_consumer_name(device_id))
     await desired.put(desired_state_key(device_id, "app"), b"v2")
     await wait_for(running, {"app": b"v2"})
-    assert running.consumer_name != first
+    assert running.sessions > sessions
+    assert running.consumer_name == device_consumer_name(device_id)
 
 
 async def test_reset_request_resnapshots(
@@ -105,12 +112,12 @@ async def test_reset_request_resnapshots(
     await desired.put(desired_state_key(device_id, "app"), b"v1")
     await wait_for(running, {"app": b"v1"})
     generation = running.view.generation
-    first = running.consumer_name
+    sessions = running.sessions
     running.request_reset()
     for _ in range(100):
-        if running.consumer_name != first and running.view.complete:
+        if running.sessions > sessions and running.view.complete:
             break
         await asyncio.sleep(0.05)
-    assert running.consumer_name != first
+    assert running.sessions > sessions
     assert running.view.generation > generation
     assert {k: v.value for k, v in running.view.values.items()} == {"app": b"v1"}

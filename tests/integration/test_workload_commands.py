@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import time
 
 import pytest
 from nats.aio.client import Client as NatsClient
@@ -10,7 +12,7 @@ from nats.aio.client import Client as NatsClient
 from harmony_fleet.agent.commands import COMMANDS
 from harmony_fleet.bus import DeviceOffline, FleetCommandsClient, RemoteError
 from harmony_fleet.contracts import ErrorKind, Phase
-from harmony_fleet.testing.stack import LocalStack
+from harmony_fleet.localstack.stack import LocalStack
 
 from .workloads import put, service, wait_state
 
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.podman
 EXEC_ALLOWED = """
 [exec]
 enabled = true
-allow = [ { deployment = "ns_app", service = "web", commands = ["cat", "echo", "sh"] } ]
+allow = [ { deployment = "ns_app", service = "web", commands = ["cat", "echo", "sh", "sleep"] } ]
 """
 
 TICKER = ("trap 'exit 0' TERM; echo hello; echo héllo-ünicode; i=0; "
@@ -104,6 +106,43 @@ async def test_exec_output_cap_and_timeout(app: str, fleet_client: FleetCommands
     assert len(big.output) == 100
     slow = await fleet_client.exec(app, "ns_app", "web", ["sh", "-c", "sleep 20"], timeout_s=1)
     assert slow.timed_out is True
+
+
+def processes(device: str) -> list[str]:
+    """The command lines running in the service's container (podman top: no ps in the image)."""
+    out = subprocess.run(["podman", "top", f"{device}.ns_app.web", "args"], capture_output=True,
+                         text=True, check=True, timeout=60)
+    return [line.strip() for line in out.stdout.splitlines()[1:]]
+
+
+@pytest.mark.parametrize("argv", [
+    ["sleep", "300"],
+    ["sh", "-c", "sleep 300 & sleep 301"],  # and what it started
+], ids=["sleep", "with-a-child"])
+async def test_exec_that_times_out_leaves_nothing_running_in_the_container(
+    app: str, fleet_client: FleetCommandsClient, argv: list[str]
+) -> None:
+    started = time.monotonic()
+    slow = await fleet_client.exec(app, "ns_app", "web", argv, timeout_s=1)
+    took = time.monotonic() - started
+    assert slow.timed_out is True
+    assert slow.exit_code == -1
+    assert took < 5
+    left = [p for p in await asyncio.to_thread(processes, app) if "sleep 30" in p]
+    assert left == []  # killing only podman's client left these running
+    assert any("trap" in p for p in await asyncio.to_thread(processes, app))  # the service runs
+    # and exec still works
+    assert (await fleet_client.exec(app, "ns_app", "web", ["echo", "ok"])).output == "ok\n"
+
+
+async def test_exec_of_an_argument_no_exec_can_carry_is_a_bad_request(
+    app: str, fleet_client: FleetCommandsClient
+) -> None:
+    # (an argument over 128 KiB cannot arrive: a request body is at most 64 KiB)
+    with pytest.raises(RemoteError) as err:
+        await fleet_client.exec(app, "ns_app", "web", ["echo", "a\0b"])
+    assert err.value.kind is ErrorKind.BAD_REQUEST
+    assert "exec: argv[1] holds a NUL byte" in str(err.value)
 
 
 @pytest.mark.parametrize(

@@ -17,9 +17,19 @@ from harmony_fleet.agent.runtime import (
 )
 from harmony_fleet.bus import FleetCommandsClient
 from harmony_fleet.contracts import Phase
-from harmony_fleet.testing.stack import LocalStack
+from harmony_fleet.localstack.stack import LocalStack
 
-from .workloads import IDLE, by_name, containers, delete, init, put, service, wait_state
+from .workloads import (
+    IDLE,
+    by_name,
+    containers,
+    delete,
+    init,
+    policy_toml,
+    put,
+    service,
+    wait_state,
+)
 
 pytestmark = pytest.mark.podman
 
@@ -94,7 +104,9 @@ async def test_init_containers_run_in_order_then_services(
     shared = tmp_path / "shared"
     shared.mkdir()
     volume = {"source": str(shared), "target": "/data"}
-    await fleet_stack.add_device(device_id, runtime_enabled=True)
+    # host paths are refused unless the device's policy allows them
+    await fleet_stack.add_device(device_id, runtime_enabled=True,
+                                 extra_toml=policy_toml([(str(shared), True)]))
     score = {
         "init_containers": [
             init("first", fleet_image, "echo one >> /data/order", volumes=[volume]),
@@ -111,17 +123,25 @@ async def test_init_containers_run_in_order_then_services(
     assert list(by_name(device_id)) == [f"{device_id}.ns_init.web"]
 
 
+#: An init container that talks a lot before it fails: only its last lines are quoted.
+CHATTY = "i=0; while [ $i -lt 15 ]; do i=$((i+1)); echo step $i; done; "
+
+
 @pytest.mark.parametrize(
-    ("script", "timeout", "needle"),
+    ("script", "timeout", "needle", "output"),
     [
-        ("exit 3", 300, "init container migrate ({dev}.ns_bad.init.migrate) exited with code 3"),
-        ("sleep 30", 1, "init container migrate ({dev}.ns_bad.init.migrate) timed out after"),
+        (CHATTY + "echo 'ERROR: no database' >&2; exit 3", 300,
+         "init container migrate ({dev}.ns_bad.init.migrate) exited with code 3",
+         "\n".join([*(f"step {i}" for i in range(7, 16)), "ERROR: no database"])),
+        (CHATTY + "echo waiting for the database; sleep 30", 1,
+         "init container migrate ({dev}.ns_bad.init.migrate) timed out after",
+         "\n".join([*(f"step {i}" for i in range(7, 16)), "waiting for the database"])),
     ],
     ids=["non-zero-exit", "timeout"],
 )
-async def test_failing_init_container_fails_the_deployment(
+async def test_failing_init_container_fails_the_deployment_with_its_last_output(
     fleet_stack: LocalStack, admin_nc: NatsClient, device_id: str, fleet_image: str,
-    script: str, timeout: int, needle: str,
+    script: str, timeout: int, needle: str, output: str,
 ) -> None:
     await fleet_stack.add_device(device_id, runtime_enabled=True)
     score = {
@@ -131,6 +151,7 @@ async def test_failing_init_container_fails_the_deployment(
     await put(admin_nc, device_id, "ns_bad", score)
     state = await wait_state(admin_nc, device_id, "ns_bad", Phase.FAILED)
     assert needle.format(dev=device_id) in state.message
+    assert state.message.endswith("; its last output:\n" + output), state.message
     assert containers(device_id) == []  # no service started, the init container removed
 
 

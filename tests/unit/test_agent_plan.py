@@ -16,18 +16,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harmony_fleet.agent.plan import (
+    Condition,
     DeploymentPlan,
     Desired,
+    Health,
+    condition_of,
     decode_desired,
     device_labels,
     group_by_deployment,
     init_container_name,
+    init_hash,
     init_spec,
     orphans,
     plan_deployment,
     service_container_name,
     service_hash,
-    service_problems,
+    service_health,
     service_spec,
 )
 from harmony_fleet.agent.runtime import (
@@ -41,6 +45,7 @@ from harmony_fleet.agent.runtime import (
     ContainerSpec,
     Mount,
     Port,
+    Userns,
 )
 from harmony_fleet.contracts import (
     InitContainer,
@@ -289,7 +294,10 @@ class TestServiceSpec:
         assert tuple(spec.args) == ("-f",)
         assert dict(spec.env) == {"MODE": "prod"}
         assert tuple(spec.ports) == (Port(80, 8080, "tcp", None), Port(53, None, "udp", "127.0.0.1"))
-        assert tuple(spec.mounts) == (Mount("/srv/web", "/www", True), Mount("data", "/data", False))
+        # the default policy's user namespace: writable mounts are handed to the container's ids
+        assert tuple(spec.mounts) == (Mount("/srv/web", "/www", True),
+                                      Mount("data", "/data", False, chown=True))
+        assert spec.userns is Userns.AUTO
         assert spec.restart_policy == "always"
         assert spec.stop_timeout_s == 10
         assert spec.timeout_s is None
@@ -323,13 +331,14 @@ class TestInitSpec:
             LABEL_DEVICE: DEV,
             LABEL_DEPLOYMENT: DEP,
             LABEL_INIT: "migrate",
-            LABEL_SPEC_HASH: spec_hash(init),
+            LABEL_SPEC_HASH: init_hash(init),
         }
         assert LABEL_SERVICE not in spec.labels
         assert tuple(spec.args) == ("migrate",)
         assert dict(spec.env) == {"DSN": "x"}
-        assert tuple(spec.mounts) == (Mount("/srv/m", "/m", False),)
+        assert tuple(spec.mounts) == (Mount("/srv/m", "/m", False, chown=True),)
         assert tuple(spec.ports) == ()
+        assert spec.userns is Userns.AUTO
 
     def test_restart_policy_forced_to_no_and_timeout_from_score(self) -> None:
         spec = init_spec(DEV, DEP, InitContainer.model_validate(MIGRATE))
@@ -389,6 +398,80 @@ class TestServiceHash:
             service_hash(after.services[0], after.init_containers)
         assert service_hash(before.services[1], before.init_containers) != \
             service_hash(after.services[1], after.init_containers)
+
+
+# ---- the device policy's user namespace and resolved host paths -------------------------------
+
+
+class TestUsernsAndHostPaths:
+    def test_host_mode_runs_without_namespace_and_never_chowns(self) -> None:
+        score = make_score([WEB], [MIGRATE])
+        spec = service_spec(DEV, DEP, score.services[0], score.init_containers,
+                            userns=Userns.HOST)
+        assert spec.userns is Userns.HOST
+        assert tuple(spec.mounts) == (Mount("/srv/web", "/www", True),
+                                      Mount("data", "/data", False))
+        init = init_spec(DEV, DEP, score.init_containers[0], userns=Userns.HOST)
+        assert init.userns is Userns.HOST
+        assert tuple(init.mounts) == (Mount("/srv/m", "/m", False),)
+
+    def test_auto_mode_chowns_writable_mounts_only(self) -> None:
+        score = make_score([svc("a", volumes=[
+            {"source": "/srv/ro", "target": "/ro", "read_only": True},
+            {"source": "/srv/rw", "target": "/rw"},
+            {"source": "cache", "target": "/cache", "read_only": True},
+            {"source": "data", "target": "/data"},
+        ])])
+        spec = service_spec(DEV, DEP, score.services[0], [], userns=Userns.AUTO)
+        assert [m.chown for m in spec.mounts] == [False, True, False, True]
+        assert [m.flag() for m in spec.mounts] == [
+            "/srv/ro:/ro:ro", "/srv/rw:/rw:rw,U", "cache:/cache:ro", "data:/data:rw,U"]
+
+    def test_service_hash_covers_userns(self) -> None:
+        score = make_score([WEB], [MIGRATE])
+        web, inits = score.services[0], score.init_containers
+        assert service_hash(web, inits, userns=Userns.AUTO) != \
+            service_hash(web, inits, userns=Userns.HOST)
+        assert service_hash(web, inits) == service_hash(web, inits, userns=Userns.AUTO)
+
+    def test_host_mode_keeps_the_hash_containers_had_before_the_policy(self) -> None:
+        # containers created before the policy existed ran without a user namespace: a device
+        # that opts out (host) adopts them instead of recreating them
+        score = make_score([WEB], [MIGRATE])
+        web, inits = score.services[0], score.init_containers
+        before = spec_hash({"service": web.model_dump(mode="json"),
+                            "init_containers": [c.model_dump(mode="json") for c in inits]})
+        assert service_hash(web, inits, userns=Userns.HOST) == before
+        assert init_hash(inits[0], userns=Userns.HOST) == spec_hash(inits[0])
+        assert init_hash(inits[0], userns=Userns.AUTO) != spec_hash(inits[0])
+
+    @pytest.mark.parametrize(("created", "now"), [(Userns.HOST, Userns.AUTO),
+                                                   (Userns.AUTO, Userns.HOST)])
+    def test_changing_the_device_userns_recreates_every_service(
+        self, created: Userns, now: Userns
+    ) -> None:
+        score = make_score([WEB, DB], [MIGRATE])
+        actual = [listed(service_spec(DEV, DEP, s, score.init_containers, userns=created))
+                  for s in score.services]
+        assert plan_deployment(DEV, score, DEP, actual, userns=created).converged
+        plan = plan_deployment(DEV, score, DEP, actual, userns=now)
+        assert sorted(c.name for c in plan.remove) == sorted(c.name for c in actual)
+        assert [c.userns for c in plan.create] == [now, now]
+        assert [c.userns for c in plan.init] == [now]
+
+    def test_resolved_host_paths_are_what_gets_mounted(self) -> None:
+        score = make_score([svc("a", volumes=[
+            {"source": "/srv/fleet/link", "target": "/x"},
+            {"source": "data", "target": "/data"},
+        ])], [{"name": "prep", "image": "localhost/i:1",
+               "volumes": [{"source": "/srv/fleet/link", "target": "/x"}]}])
+        resolved = {"/srv/fleet/link": "/srv/fleet/real"}
+        plan = plan_deployment(DEV, score, DEP, [], host_paths=resolved)
+        assert [m.source for m in plan.create[0].mounts] == ["/srv/fleet/real", "data"]
+        assert [m.source for m in plan.init[0].mounts] == ["/srv/fleet/real"]
+        # the hash is the score's: a re-resolved symlink alone does not recreate anything
+        assert plan.create[0].labels[LABEL_SPEC_HASH] == \
+            plan_deployment(DEV, score, DEP, []).create[0].labels[LABEL_SPEC_HASH]
 
 
 # ---- plan_deployment -------------------------------------------------------------------------
@@ -538,29 +621,17 @@ class TestPlanDeployment:
         assert plan.remove == other
         assert [s.name for s in plan.create] == [f"{DEV}.{DEP}.web"]
 
-    @pytest.mark.parametrize("policy", ["always", "unless-stopped"])
-    @pytest.mark.parametrize(("state", "code"), [("exited", 1), ("exited", 0), ("stopped", 137)])
-    def test_stopped_service_that_should_run_is_started(self, policy: str, state: str,
-                                                        code: int) -> None:
+    @pytest.mark.parametrize("policy", ["no", "on-failure", "always", "unless-stopped"])
+    @pytest.mark.parametrize("code", [0, 1, 137])
+    def test_exited_service_is_left_to_its_restart_policy(self, policy: str, code: int) -> None:
+        # podman restarts what its policy says; the agent starting it too would race podman
         score = make_score([svc("web", restart_policy=policy), DB])
         actual = converged_actual(score)
-        actual[0] = dataclasses.replace(actual[0], state=state, exit_code=code)
-        plan = plan_deployment(DEV, score, DEP, actual)
-        assert plan.start == [actual[0]]
-        assert plan.create == []
-        assert plan.remove == []
-        assert plan.init == []  # a restart is not a fresh service set
-        assert plan.images == []
-        assert not plan.converged
-
-    @pytest.mark.parametrize("policy", ["no", "on-failure"])
-    @pytest.mark.parametrize("code", [0, 1])
-    def test_stopped_service_with_policy_no_is_left_alone(self, policy: str, code: int) -> None:
-        score = make_score([svc("job", restart_policy=policy)])
-        actual = converged_actual(score, state="exited", exit_code=code)
+        actual[0] = dataclasses.replace(actual[0], state="exited", exit_code=code)
         plan = plan_deployment(DEV, score, DEP, actual)
         assert plan.converged
-        assert plan.start == []
+        assert (plan.start, plan.create, plan.remove, plan.init, plan.waiting) == \
+            ([], [], [], [], [])
 
     def test_paused_service_is_not_started(self) -> None:
         score = make_score([WEB])
@@ -583,7 +654,7 @@ class TestPlanDeployment:
     def test_mixed_situation(self) -> None:
         old = make_score([WEB, DB, svc("gone")], [MIGRATE])
         actual = converged_actual(old)
-        actual[1] = dataclasses.replace(actual[1], state="exited", exit_code=2)  # db stopped
+        actual[1] = dataclasses.replace(actual[1], state="created")  # db never started
         leftover = listed(init_spec(DEV, DEP, old.init_containers[0]), state="exited")
         new = make_score([{**WEB, "args": []}, DB, svc("fresh", "localhost/fresh:1")], [MIGRATE])
         plan = plan_deployment(DEV, new, DEP, [*actual, leftover])
@@ -595,61 +666,184 @@ class TestPlanDeployment:
         assert plan.images == ["localhost/web:1", "localhost/fresh:1"]
 
 
-# ---- service_problems ------------------------------------------------------------------------
+# ---- service_health --------------------------------------------------------------------------
 
 
-class TestServiceProblems:
+class TestServiceHealth:
     def test_running_is_healthy(self) -> None:
         score = make_score([WEB, DB])
-        assert service_problems(score, DEP, converged_actual(score)) == []
+        assert service_health(score, converged_actual(score)) == Health()
 
     @pytest.mark.parametrize("policy", ["no", "on-failure"])
-    @pytest.mark.parametrize("state", ["exited", "stopped"])
-    def test_completed_one_shot_is_healthy(self, policy: str, state: str) -> None:
+    def test_completed_one_shot_is_healthy(self, policy: str) -> None:
         score = make_score([svc("job", restart_policy=policy)])
-        actual = converged_actual(score, state=state, exit_code=0)
-        assert service_problems(score, DEP, actual) == []
+        actual = converged_actual(score, state="exited", exit_code=0)
+        assert service_health(score, actual) == Health()
 
     @pytest.mark.parametrize("policy", ["no", "on-failure", "always", "unless-stopped"])
     def test_nonzero_exit_is_a_problem(self, policy: str) -> None:
         score = make_score([svc("job", restart_policy=policy)])
         actual = converged_actual(score, state="exited", exit_code=3)
-        assert service_problems(score, DEP, actual) == ["service job exited with code 3"]
+        assert service_health(score, actual).problems == ("service job exited with code 3",)
 
     @pytest.mark.parametrize("policy", ["always", "unless-stopped"])
     def test_exit_zero_of_a_keep_running_service_is_a_problem(self, policy: str) -> None:
         score = make_score([svc("web", restart_policy=policy)])
         actual = converged_actual(score, state="exited", exit_code=0)
-        assert service_problems(score, DEP, actual) == ["service web exited with code 0"]
+        assert service_health(score, actual).problems == ("service web exited with code 0",)
 
     def test_missing_container(self) -> None:
         score = make_score([WEB, DB])
         actual = converged_actual(score)[:1]
-        assert service_problems(score, DEP, actual) == ["service db has no container"]
-        assert service_problems(score, DEP, []) == ["service web has no container",
-                                                    "service db has no container"]
+        assert service_health(score, actual).problems == ("service db has no container",)
+        assert service_health(score, []).problems == ("service web has no container",
+                                                      "service db has no container")
 
-    def test_other_states(self) -> None:
+    @pytest.mark.parametrize("state", ["paused", "created", "configured", "unknown", "dead",
+                                       "bad state"])
+    def test_settled_states_that_are_not_running_are_problems(self, state: str) -> None:
         score = make_score([WEB])
-        actual = converged_actual(score, state="paused")
-        assert service_problems(score, DEP, actual) == ["service web is paused"]
-        actual = converged_actual(score, state="created")
-        assert service_problems(score, DEP, actual) == ["service web is created"]
+        actual = converged_actual(score, state=state)
+        assert service_health(score, actual) == Health(problems=(f"service web is {state}",))
+
+    @pytest.mark.parametrize("state", ["stopping", "removing", "initialized", "stopped",
+                                       "restarting"])
+    @pytest.mark.parametrize("policy", ["no", "always"])
+    def test_a_service_in_transition_is_waited_for_not_failed(self, state: str,
+                                                              policy: str) -> None:
+        score = make_score([svc("web", restart_policy=policy), DB])
+        actual = converged_actual(score)
+        actual[0] = dataclasses.replace(actual[0], state=state, exit_code=137)
+        assert service_health(score, actual) == Health(waiting=("web",))
+
+    def test_problems_and_waiting_together(self) -> None:
+        score = make_score([WEB, DB])
+        actual = converged_actual(score)
+        actual[0] = dataclasses.replace(actual[0], state="stopping")
+        actual[1] = dataclasses.replace(actual[1], state="exited", exit_code=2)
+        assert service_health(score, actual) == Health(("service db exited with code 2",),
+                                                       ("web",))
 
     def test_init_containers_are_not_services(self) -> None:
         score = make_score([WEB], [MIGRATE])
         leftover = listed(init_spec(DEV, DEP, score.init_containers[0]), state="exited",
                           exit_code=9)
-        assert service_problems(score, DEP, [*converged_actual(score), leftover]) == []
-        assert service_problems(score, DEP, [leftover]) == ["service web has no container"]
+        assert service_health(score, [*converged_actual(score), leftover]) == Health()
+        assert service_health(score, [leftover]).problems == ("service web has no container",)
 
     def test_several_problems_in_score_order(self) -> None:
         score = make_score([WEB, DB, svc("c")])
         actual = converged_actual(score)
         actual[0] = dataclasses.replace(actual[0], state="exited", exit_code=1)
         del actual[2]
-        assert service_problems(score, DEP, actual) == ["service web exited with code 1",
-                                                        "service c has no container"]
+        assert service_health(score, actual).problems == ("service web exited with code 1",
+                                                          "service c has no container")
+
+
+# ---- podman's states -------------------------------------------------------------------------
+
+#: Every state string podman 4 and 5 report (libpod define.ContainerStatus.String(), including
+#: "bad state") and the Docker-compatible ones, with what the agent makes of each.
+KNOWN_STATES = {
+    "running": Condition.RUNNING,
+    "created": Condition.NOT_STARTED,
+    "configured": Condition.NOT_STARTED,
+    "exited": Condition.EXITED,
+    "paused": Condition.PAUSED,
+    "initialized": Condition.IN_TRANSITION,
+    "stopped": Condition.IN_TRANSITION,
+    "stopping": Condition.IN_TRANSITION,
+    "removing": Condition.IN_TRANSITION,
+    "restarting": Condition.IN_TRANSITION,
+    "unknown": Condition.UNKNOWN,
+    "dead": Condition.UNKNOWN,
+    "bad state": Condition.UNKNOWN,
+}
+
+
+class TestConditions:
+    @pytest.mark.parametrize(("state", "condition"), sorted(KNOWN_STATES.items()))
+    def test_each_podman_state(self, state: str, condition: Condition) -> None:
+        assert condition_of(state) is condition
+        assert condition_of(state.upper()) is condition  # podman's ps prints "Exited (0) ..."
+        assert condition_of(f" {state.title()}\n") is condition
+
+    def test_every_condition_is_reachable(self) -> None:
+        assert set(KNOWN_STATES.values()) == set(Condition)
+
+    @PROPERTY
+    @given(state=st.text(max_size=20))
+    def test_any_string_is_classified_and_unknown_ones_are_left_alone(self, state: str) -> None:
+        condition = condition_of(state)
+        assert isinstance(condition, Condition)
+        if state.strip().lower() not in KNOWN_STATES:
+            assert condition is Condition.UNKNOWN
+
+    @pytest.mark.parametrize("state", sorted(KNOWN_STATES))
+    @pytest.mark.parametrize("policy", ["no", "on-failure", "always", "unless-stopped"])
+    def test_plan_for_a_current_container_in_each_state(self, state: str, policy: str) -> None:
+        score = make_score([svc("web", restart_policy=policy), svc("api")])
+        web, api = converged_actual(score, exit_code=1)
+        web = dataclasses.replace(web, state=state)
+        plan = plan_deployment(DEV, score, DEP, [web, api])
+        condition = KNOWN_STATES[state]
+        if condition is Condition.IN_TRANSITION:
+            assert plan.waiting == [web]
+            assert not plan.converged
+        else:
+            assert plan.waiting == []
+        assert plan.start == ([web] if condition is Condition.NOT_STARTED else [])
+        assert (plan.create, plan.remove, plan.init, plan.images) == ([], [], [], [])
+        assert plan.converged == (condition not in (Condition.IN_TRANSITION,
+                                                    Condition.NOT_STARTED))
+
+    @pytest.mark.parametrize("state", sorted(s for s, c in KNOWN_STATES.items()
+                                             if c is Condition.IN_TRANSITION))
+    def test_an_outdated_container_in_transition_is_neither_removed_nor_replaced(
+        self, state: str
+    ) -> None:
+        old = make_score([WEB, DB], [MIGRATE])
+        actual = converged_actual(old)
+        actual[0] = dataclasses.replace(actual[0], state=state)
+        new = make_score([{**WEB, "image": "localhost/web:2"}, svc("fresh")], [MIGRATE])
+        plan = plan_deployment(DEV, new, DEP, actual)
+        assert plan.waiting == [actual[0]]
+        assert (plan.create, plan.remove, plan.start, plan.init, plan.images, plan.secrets) == \
+            ([], [], [], [], [], {})
+        assert not plan.converged
+
+    @pytest.mark.parametrize("state", ["removing", "stopping"])
+    def test_an_init_leftover_in_transition_is_waited_for(self, state: str) -> None:
+        score = make_score([WEB], [MIGRATE])
+        leftover = listed(init_spec(DEV, DEP, score.init_containers[0]), state=state)
+        plan = plan_deployment(DEV, score, DEP, [leftover])
+        assert plan.waiting == [leftover]
+        assert plan.create == []
+        assert plan.remove == []
+
+    @pytest.mark.parametrize("state", ["removing", "stopping", "initialized"])
+    def test_a_container_stuck_in_transition_is_removed_and_the_score_applied_again(
+        self, state: str
+    ) -> None:
+        score = make_score([WEB, DB])
+        actual = converged_actual(score)
+        actual[0] = dataclasses.replace(actual[0], state=state)
+        plan = plan_deployment(DEV, score, DEP, actual, stuck={actual[0].id})
+        assert plan.waiting == []
+        assert plan.remove == [actual[0]]
+        assert [s.name for s in plan.create] == [actual[0].name]
+        assert plan.start == []
+        assert apply_plan(plan, actual)  # converges as a fresh create would
+
+    def test_stuck_names_only_containers_in_transition(self) -> None:
+        """An id in ``stuck`` that is running (the transition ended meanwhile) is kept; one
+        still moving but not stuck keeps the whole deployment waiting."""
+        score = make_score([WEB, DB])
+        actual = converged_actual(score)
+        actual[1] = dataclasses.replace(actual[1], state="stopping")
+        plan = plan_deployment(DEV, score, DEP, actual, stuck={actual[0].id})
+        assert plan.waiting == [actual[1]]
+        assert plan.remove == []
 
 
 # ---- orphans and grouping --------------------------------------------------------------------
@@ -718,7 +912,7 @@ def scores(draw: st.DrawFn) -> PodmanScore:
     return make_score(services, inits)
 
 
-_states = st.sampled_from(["running", "exited", "stopped", "paused", "created"])
+_states = st.sampled_from(sorted(KNOWN_STATES))
 
 
 @st.composite
@@ -736,6 +930,13 @@ def prior_containers(draw: st.DrawFn, device: str, deployment: str) -> list[Cont
             result.append(listed(init_spec(device, deployment, c), state=draw(_states),
                                  cid=f"old-init-{c.name}"))
     return result
+
+
+def settle(actual: Sequence[ContainerInfo]) -> list[ContainerInfo]:
+    """What podman ends every transition in: removals complete, the rest have exited."""
+    return [c if condition_of(c.state) is not Condition.IN_TRANSITION
+            else dataclasses.replace(c, state="exited", exit_code=137)
+            for c in actual if c.state != "removing"]
 
 
 class TestPlanProperties:
@@ -756,17 +957,27 @@ class TestPlanProperties:
         assert again.converged, again
         assert again.init == []
         assert again.images == []
-        assert service_problems(score, deployment, after) == []
+        assert service_health(score, after) == Health()
 
     @CONVERGENCE
     @given(data=st.data(), score=scores(), device=_devices, deployment=_deployments)
-    def test_any_prior_state_converges_in_one_plan(self, data: st.DataObject, score: PodmanScore,
-                                                   device: str, deployment: str) -> None:
+    def test_any_prior_state_converges_once_podman_settles(
+        self, data: st.DataObject, score: PodmanScore, device: str, deployment: str
+    ) -> None:
         actual = data.draw(prior_containers(device, deployment))
         plan = plan_deployment(device, score, deployment, actual)
+        in_transition = [c for c in actual if condition_of(c.state) is Condition.IN_TRANSITION]
+        assert plan.waiting == sorted(in_transition, key=lambda c: c.name)
+        if plan.waiting:
+            # nothing is touched while podman acts; then it settles and planning goes on
+            assert (plan.create, plan.remove, plan.start, plan.init) == ([], [], [], [])
+            actual = settle(actual)
+            plan = plan_deployment(device, score, deployment, actual)
+            assert plan.waiting == []
         # every init leftover is removed; nothing is both kept and removed
         assert {c.name for c in actual if c.labels.get(LABEL_INIT)} <= {c.name for c in plan.remove}
         assert not ({c.name for c in plan.start} & {c.name for c in plan.remove})
+        assert all(condition_of(c.state) is Condition.NOT_STARTED for c in plan.start)
         assert bool(plan.init) == (bool(plan.create) and bool(score.init_containers))
         after = apply_plan(plan, actual)
         again = plan_deployment(device, score, deployment, after)
@@ -777,7 +988,7 @@ class TestPlanProperties:
         for s in score.services:
             spec = service_spec(device, deployment, s, score.init_containers)
             assert by_name[spec.name].labels[LABEL_SPEC_HASH] == spec.labels[LABEL_SPEC_HASH]
-            if s.restart_policy.value in ("always", "unless-stopped"):
-                assert by_name[spec.name].state in ("running", "paused")
+            # nothing is left never started; what ran and exited is its restart policy's
+            assert condition_of(by_name[spec.name].state) is not Condition.NOT_STARTED
         # a third plan is still converged (idempotence)
         assert plan_deployment(device, score, deployment, apply_plan(again, after)).converged

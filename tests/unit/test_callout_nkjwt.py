@@ -1,7 +1,7 @@
 """NATS JWTs (``ed25519-nkey``) and xkey sealing (harmony_fleet.callout.nkjwt).
 
 Signatures are cross-checked with the ``nkeys`` package and the format is rebuilt here from
-NATS-NOTES.md, so a bug that is symmetric in encode and decode still shows.
+the NATS documentation, so a bug that is symmetric in encode and decode still shows.
 """
 
 from __future__ import annotations
@@ -176,7 +176,8 @@ class TestVerifyErrors:
         with pytest.raises(NatsJwtError):
             verify_nkey_signature(key[:index] + other + key[index + 1:], b"d", USER.sign(b"d"))
 
-    @pytest.mark.parametrize("public_key", ["", "AAAA", USER.seed, USER.public_key[:-8]])
+    @pytest.mark.parametrize("public_key", ["", "AAAA", USER.seed, USER.public_key[:-8]],
+                             ids=["empty", "AAAA", "a-seed", "truncated"])
     def test_bad_length(self, public_key: str) -> None:
         with pytest.raises(NatsJwtError):
             verify_nkey_signature(public_key, b"data", USER.sign(b"data"))
@@ -382,7 +383,7 @@ def test_decode_rejects_non_object_header(header: Any) -> None:
     USER.seed,
     with_bad_checksum(USER.public_key),
     USER.public_key[:-4],
-])
+], ids=["not-a-key", "empty", "56-A", "lower-case", "a-seed", "bad-checksum", "truncated"])
 def test_decode_rejects_iss_that_is_not_an_nkey(iss: str) -> None:
     with pytest.raises(NatsJwtError):
         decode_jwt(signed(HEADER, {"iss": iss, "sub": "x"}, signer=USER))
@@ -492,7 +493,8 @@ def test_open_tampered(index: int) -> None:
 
 
 @pytest.mark.parametrize("key", [USER.public_key, ACCOUNT.public_key, XB.seed,
-                                 with_bad_checksum(XB.public_key)])
+                                 with_bad_checksum(XB.public_key)],
+                         ids=["a-user-key", "an-account-key", "an-xkey-seed", "bad-checksum"])
 def test_non_xkey_peers_are_refused(key: str) -> None:
     with pytest.raises(NatsJwtError):
         XA.seal(key, b"x")

@@ -20,15 +20,13 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from hypothesis import given
 
 from harmony_fleet.callout.oidc import (
-    DEVICE_METADATA_KEY,
-    METADATA_CLAIM,
-    ROLES_CLAIM,
     Identity,
     JwksCache,
     TokenRejected,
     TokenValidator,
     identity_from_claims,
 )
+from harmony_fleet.contracts.identity import DEVICE_ID_METADATA_KEY, METADATA_CLAIM, ROLES_CLAIM
 
 from .strategies import PROPERTY, device_ids
 
@@ -52,7 +50,7 @@ def claims(**over: Any) -> dict[str, Any]:
         "exp": EXP,
         "iat": EXP - 3600,
         "client_id": "pi-1-machine",
-        METADATA_CLAIM: {DEVICE_METADATA_KEY: b64("pi-1")},
+        METADATA_CLAIM: {DEVICE_ID_METADATA_KEY: b64("pi-1")},
         ROLES_CLAIM: {"fleet-device": {"org-1": "fleet.example.net"}},
     }
     base.update(over)
@@ -124,7 +122,7 @@ def test_missing_device_metadata_is_no_device(metadata: Any) -> None:
 
 
 def test_other_metadata_beside_the_device_id() -> None:
-    c = claims(**{METADATA_CLAIM: {"site": b64("kitchen"), DEVICE_METADATA_KEY: b64("pi-7")}})
+    c = claims(**{METADATA_CLAIM: {"site": b64("kitchen"), DEVICE_ID_METADATA_KEY: b64("pi-7")}})
     assert identity_from_claims(c).device_id == "pi-7"
 
 
@@ -145,7 +143,7 @@ def test_other_metadata_beside_the_device_id() -> None:
 ])
 def test_bad_device_claim(value: Any) -> None:
     with pytest.raises(TokenRejected) as info:
-        identity_from_claims(claims(**{METADATA_CLAIM: {DEVICE_METADATA_KEY: value}}))
+        identity_from_claims(claims(**{METADATA_CLAIM: {DEVICE_ID_METADATA_KEY: value}}))
     assert info.value.reason == "bad-device-claim"
     assert "bad-device-claim" in str(info.value)
 
@@ -154,7 +152,7 @@ def test_bad_device_claim(value: Any) -> None:
 @given(device=device_ids)
 def test_every_device_id_round_trips_through_the_metadata(device: str) -> None:
     assert identity_from_claims(
-        claims(**{METADATA_CLAIM: {DEVICE_METADATA_KEY: b64(device)}})).device_id == device
+        claims(**{METADATA_CLAIM: {DEVICE_ID_METADATA_KEY: b64(device)}})).device_id == device
 
 
 @pytest.mark.parametrize(("over", "name"), [
@@ -312,7 +310,7 @@ async def test_signed_by_another_key(validator: TokenValidator,
 async def test_tampered_payload(validator: TokenValidator,
                                 signing_key: rsa.RSAPrivateKey) -> None:
     head, _, sig = token(signing_key).split(".")
-    forged = token(signing_key, **{METADATA_CLAIM: {DEVICE_METADATA_KEY: b64("pi-2")}})
+    forged = token(signing_key, **{METADATA_CLAIM: {DEVICE_ID_METADATA_KEY: b64("pi-2")}})
     payload = forged.split(".")[1]
     assert await rejected(validator, f"{head}.{payload}.{sig}") == "signature"
 
@@ -390,5 +388,5 @@ async def test_hmac_with_the_public_key_is_refused(validator: TokenValidator,
 
 async def test_bad_device_claim_in_a_valid_token(validator: TokenValidator,
                                                  signing_key: rsa.RSAPrivateKey) -> None:
-    text = token(signing_key, **{METADATA_CLAIM: {DEVICE_METADATA_KEY: b64("Not_A_Device")}})
+    text = token(signing_key, **{METADATA_CLAIM: {DEVICE_ID_METADATA_KEY: b64("Not_A_Device")}})
     assert await rejected(validator, text) == "bad-device-claim"

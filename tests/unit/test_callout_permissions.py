@@ -13,10 +13,10 @@ import pytest
 from hypothesis import assume, given
 
 from harmony_fleet.callout.permissions import (
+    DEVICE_MAX_SUBSCRIPTIONS,
     DEVICE_RESPONSE_MAX,
     DEVICE_RESPONSE_TTL_S,
     admin_permissions,
-    device_inbox_prefix,
     device_permissions,
     user_claims_nats,
     writer_permissions,
@@ -25,9 +25,11 @@ from harmony_fleet.contracts import (
     BUCKETS,
     InvalidIdError,
     device_command_subject,
+    device_inbox_prefix,
     report_heartbeat_subject,
     report_info_subject,
     report_state_subject,
+    watch_request_subject,
 )
 
 from .strategies import PROPERTY, deployment_tokens, device_ids
@@ -37,9 +39,7 @@ B = "dev-b"
 
 #: Every non-wildcard token a device's permissions may contain besides its own id.
 STRUCTURAL = frozenset({
-    "$JS", "API", "CONSUMER", "CREATE", "DIRECT", "GET", "FC", "KV_desired-state", "$KV",
-    "desired-state", "fleet", "report", "state", "info", "heartbeat", "_INBOX",
-    "device-commands",
+    "fleet", "report", "state", "info", "heartbeat", "watch", "_INBOX", "device-commands",
 })
 WILDCARDS = frozenset({"*", ">"})
 
@@ -102,22 +102,22 @@ def test_device_permissions_exact() -> None:
     assert device_permissions("pi-1") == {
         "pub": {
             "allow": [
-                "$JS.API.CONSUMER.CREATE.KV_desired-state.*.$KV.desired-state.pi-1.>",
-                "$JS.API.DIRECT.GET.KV_desired-state.$KV.desired-state.pi-1.>",
-                "$JS.FC.KV_desired-state.>",
                 "fleet.report.state.pi-1.*",
                 "fleet.report.info.pi-1",
                 "fleet.report.heartbeat.pi-1",
+                "fleet.watch.pi-1",
             ],
         },
         "sub": {"allow": ["_INBOX.pi-1.>", "device-commands.pi-1.>"]},
         "resp": {"max": 100_000, "ttl": 3600 * 1_000_000_000},
+        "subs": 64,
     }
 
 
 def test_device_permissions_have_no_deny_and_no_other_sections() -> None:
     perms = device_permissions("pi-1")
-    assert set(perms) == {"pub", "sub", "resp"}
+    assert set(perms) == {"pub", "sub", "resp", "subs"}
+    assert perms["subs"] == DEVICE_MAX_SUBSCRIPTIONS
     assert set(perms["pub"]) == {"allow"}
     assert set(perms["sub"]) == {"allow"}
 
@@ -158,11 +158,7 @@ def test_invalid_device_ids_raise(bad: Any) -> None:
 
 
 @pytest.mark.parametrize("subject", [
-    f"$JS.API.CONSUMER.CREATE.KV_desired-state.x.$KV.desired-state.{A}.>",
-    f"$JS.API.CONSUMER.CREATE.KV_desired-state.fleet-{A}-watch.$KV.desired-state.{A}.>",
-    f"$JS.API.DIRECT.GET.KV_desired-state.$KV.desired-state.{A}.ns_app",
-    f"$JS.API.DIRECT.GET.KV_desired-state.$KV.desired-state.{A}.>",
-    "$JS.FC.KV_desired-state.abc.def",
+    f"fleet.watch.{A}",
     f"fleet.report.state.{A}.ns_app",
     f"fleet.report.info.{A}",
     f"fleet.report.heartbeat.{A}",
@@ -172,7 +168,19 @@ def test_device_may_publish_its_own(subject: str) -> None:
 
 
 @pytest.mark.parametrize("subject", [
-    # another device's reads and reports
+    # no JetStream API at all, its own keys included: consumers (exhaustion, and delivery
+    # onto subjects of its choosing), direct gets (replies go wherever it says), flow control
+    f"$JS.API.CONSUMER.CREATE.KV_desired-state.x.$KV.desired-state.{A}.>",
+    f"$JS.API.CONSUMER.CREATE.KV_desired-state.fleet-agent-{A}.$KV.desired-state.{A}.>",
+    f"$JS.API.DIRECT.GET.KV_desired-state.$KV.desired-state.{A}.ns_app",
+    f"$JS.API.DIRECT.GET.KV_desired-state.$KV.desired-state.{A}.>",
+    f"$JS.API.CONSUMER.MSG.NEXT.KV_desired-state.fleet-agent-{A}",
+    f"$JS.API.CONSUMER.INFO.KV_desired-state.fleet-agent-{A}",
+    "$JS.FC.KV_desired-state.abc.def",
+    "$JS.API.INFO",
+    # another device's reads, reports and watch
+    f"fleet.watch.{B}",
+    "fleet.watch.*",
     f"$JS.API.CONSUMER.CREATE.KV_desired-state.x.$KV.desired-state.{B}.>",
     f"$JS.API.DIRECT.GET.KV_desired-state.$KV.desired-state.{B}.ns_app",
     f"fleet.report.state.{B}.ns_app",
@@ -285,8 +293,7 @@ def test_device_reaches_its_own_subjects_and_not_another_devices(d: str, e: str,
 
     def own(x: str) -> list[str]:
         return [
-            f"$JS.API.CONSUMER.CREATE.KV_desired-state.c.$KV.desired-state.{x}.>",
-            f"$JS.API.DIRECT.GET.KV_desired-state.$KV.desired-state.{x}.{dep}",
+            watch_request_subject(x),
             report_state_subject(x, dep),
             report_info_subject(x),
             report_heartbeat_subject(x),
@@ -311,6 +318,7 @@ def test_no_raw_kv_write_at_all(d: str, dep: str) -> None:
             assert not allows(allow, f"$KV.{spec.name}.{key}")
         for op in ("PURGE", "DELETE", "UPDATE", "INFO", "CREATE"):
             assert not allows(allow, f"$JS.API.STREAM.{op}.KV_{spec.name}")
+    assert not any(entry.startswith("$JS") for entry in allow)
 
 
 # ----------------------------------------------------------------------------- admin, writer
@@ -325,12 +333,36 @@ def test_writer_permissions_exact() -> None:
     assert writer_permissions() == {
         "publish": ["$KV.device-state.>", "$KV.device-info.>", "$KV.device-heartbeat.>",
                     "$JS.API.STREAM.INFO.KV_device-state", "$JS.API.STREAM.INFO.KV_device-info",
-                    "$JS.API.STREAM.INFO.KV_device-heartbeat", "_INBOX.>"],
-        "subscribe": ["fleet.report.>", "_INBOX.>"],
+                    "$JS.API.STREAM.INFO.KV_device-heartbeat",
+                    "$JS.API.STREAM.INFO.KV_desired-state",
+                    "$JS.API.CONSUMER.CREATE.KV_desired-state",
+                    "$JS.API.CONSUMER.CREATE.KV_desired-state.>",
+                    "$JS.API.CONSUMER.DELETE.KV_desired-state.>",
+                    "$JS.API.CONSUMER.INFO.KV_desired-state.>",
+                    "$JS.API.DIRECT.GET.KV_desired-state.>",
+                    "$JS.API.STREAM.MSG.GET.KV_desired-state",
+                    "$JS.FC.KV_desired-state.>",
+                    "$JS.API.CONSUMER.CREATE.KV_device-heartbeat",
+                    "$JS.API.CONSUMER.CREATE.KV_device-heartbeat.>",
+                    "$JS.API.CONSUMER.DELETE.KV_device-heartbeat.>",
+                    "$JS.API.CONSUMER.INFO.KV_device-heartbeat.>",
+                    "$JS.API.DIRECT.GET.KV_device-heartbeat.>",
+                    "$JS.API.STREAM.MSG.GET.KV_device-heartbeat",
+                    "$JS.FC.KV_device-heartbeat.>",
+                    # the callout's revocation check: one key, read only
+                    "$JS.API.STREAM.INFO.KV_device-revocations",
+                    "$JS.API.DIRECT.GET.KV_device-revocations.>",
+                    "_INBOX.>"],
+        "subscribe": ["fleet.report.>", "fleet.watch.*", "_INBOX.>"],
     }
-    # the writer cannot touch the desired state, purge or delete anything
+    # the writer cannot change what devices run, purge or delete anything, nor make
+    # consumers on the report buckets
     for subject in ("$KV.desired-state.pi-1.ns_app", "$JS.API.STREAM.PURGE.KV_device-state",
-                    "$JS.API.STREAM.DELETE.KV_device-info", "$JS.API.CONSUMER.CREATE.KV_x"):
+                    "$JS.API.STREAM.DELETE.KV_device-info", "$JS.API.CONSUMER.CREATE.KV_x",
+                    "$JS.API.STREAM.PURGE.KV_desired-state",
+                    "$JS.API.STREAM.MSG.DELETE.KV_desired-state",
+                    "$KV.device-revocations.revoked.pi-1",
+                    "$JS.API.STREAM.PURGE.KV_device-revocations"):
         assert not allows(writer_permissions()["publish"], subject)
 
 
@@ -347,6 +379,7 @@ def test_writer_reads_every_report_and_writes_the_report_buckets(d: str, dep: st
     # the writer never writes what devices are told to run
     assert not allows(perms["publish"], f"$KV.desired-state.{d}.{dep}")
     assert not allows(perms["subscribe"], device_command_subject(d, "ping"))
+    assert allows(perms["subscribe"], watch_request_subject(d))
 
 
 # ----------------------------------------------------------------------------- user claims
@@ -356,8 +389,9 @@ def test_user_claims_nats_adds_type_version_limits() -> None:
     perms = device_permissions("pi-1")
     before = copy.deepcopy(perms)
     claims = user_claims_nats(perms)
-    assert claims == {**before, "subs": -1, "data": -1, "payload": -1, "type": "user",
-                      "version": 2}
+    # the device template's own subscription limit wins over the default (no limit)
+    assert claims == {**before, "subs": DEVICE_MAX_SUBSCRIPTIONS, "data": -1, "payload": -1,
+                      "type": "user", "version": 2}
     assert perms == before  # not mutated
 
 
@@ -372,4 +406,4 @@ def test_user_claims_nats_fixed_fields_win() -> None:
     claims = user_claims_nats({"type": "operator", "version": 1, "subs": 5})
     assert claims["type"] == "user"
     assert claims["version"] == 2
-    assert claims["subs"] == -1
+    assert claims["subs"] == 5  # a template's limit is kept

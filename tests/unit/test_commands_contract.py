@@ -56,9 +56,9 @@ def test_verbs() -> None:
 
 @pytest.mark.parametrize("verb", ["ping", "logs", "exec"])
 def test_design_verbs_build_subjects(verb: str) -> None:
-    """DESIGN.md: verbs ``ping``, ``logs``, ``exec``."""
+    """The wire contract (docs/wire-contract.md): verbs ``ping``, ``logs``, ``exec``."""
     if verb not in {v.value for v in Verb}:
-        pytest.fail(f"verb {verb!r} from DESIGN.md is missing from Verb")
+        pytest.fail(f"verb {verb!r} of the wire contract is missing from Verb")
     assert device_command_subject("pi-1", verb) == f"device-commands.pi-1.{verb}"
 
 

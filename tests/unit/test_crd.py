@@ -13,7 +13,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from harmony_fleet.contracts import PodmanScore
+from harmony_fleet.contracts import ScoreTemplate
 from harmony_fleet.contracts.crd import (
     API_VERSION,
     DEPLOYMENT_FINALIZER,
@@ -225,7 +225,7 @@ def test_deployment_cr_round_trip_in_camel_case() -> None:
     cr = Deployment.model_validate(copy.deepcopy(SAMPLE_DEPLOYMENT))
     assert cr.spec.target_selector.match_labels == {"site": "kitchen"}
     assert cr.spec.target_selector.match_expressions[0].operator is SelectorOperator.IN
-    assert cr.spec.score == PodmanScore.model_validate(SAMPLE_DEPLOYMENT["spec"]["score"])
+    assert cr.spec.score == ScoreTemplate.model_validate(SAMPLE_DEPLOYMENT["spec"]["score"])
     assert cr.spec.score.init_containers[0].timeout == 120
     assert cr.status is not None
     assert cr.status.aggregate == Aggregate(
@@ -485,8 +485,13 @@ def test_required_fields_of_the_deployment_schema() -> None:
     schema = _schema(DEPLOYMENT_FILE)
     assert schema["required"] == ["spec"]
     spec = schema["properties"]["spec"]
-    assert set(spec["properties"]) == {"targetSelector", "score", "rollout"}
+    assert set(spec["properties"]) == {"targetSelector", "score", "secrets", "rollout"}
     assert spec["required"] == ["targetSelector", "score"]
+    secret = spec["properties"]["secrets"]["items"]
+    assert secret["required"] == ["name", "secretKeyRef"]
+    assert secret["properties"]["secretKeyRef"]["required"] == ["name", "key"]
+    # the score of a resource never carries sealed values: the operator seals per device
+    assert "secrets" not in spec["properties"]["score"]["properties"]
     score = spec["properties"]["score"]
     assert score["required"] == ["services"]
     services = score["properties"]["services"]
@@ -505,7 +510,7 @@ def test_required_fields_of_the_deployment_schema() -> None:
 def test_score_schema_details() -> None:
     score = _schema(DEPLOYMENT_FILE)["properties"]["spec"]["properties"]["score"]
     props = score["properties"]
-    assert set(props) == {"version", "services", "init_containers"}
+    assert set(props) == {"version", "services", "init_containers", "registry_credentials"}
     assert props["version"]["enum"] == [0]
     assert props["version"]["type"] == "integer"
     service = props["services"]["items"]["properties"]
@@ -523,8 +528,12 @@ def test_score_schema_details() -> None:
         "ports",
         "volumes",
         "restart_policy",
+        "secrets",
     }
-    assert set(init) == {"name", "image", "command", "args", "env", "volumes", "timeout"}
+    assert set(init) == {"name", "image", "command", "args", "env", "volumes", "timeout", "secrets"}
+    assert service["secrets"]["items"]["maxLength"] == 32
+    credential = props["registry_credentials"]["items"]
+    assert credential["required"] == ["registry", "username", "password_secret"]
     assert init["timeout"] == {
         "type": "integer",
         "default": 300,
@@ -548,7 +557,8 @@ def test_status_schemas_follow_design() -> None:
         for k in ("matchedDeviceCount", "succeeded", "failed", "pending")
     )
     assert aggregate["lastError"]["nullable"] is True
-    assert set(deployment_status["properties"]) == {"aggregate", "conditions", "observedGeneration"}
+    assert set(deployment_status["properties"]) == {"aggregate", "rollout", "conditions",
+                                                    "observedGeneration"}
     condition = deployment_status["properties"]["conditions"]["items"]
     assert condition["properties"]["status"]["enum"] == ["True", "False", "Unknown"]
     assert condition["properties"]["lastTransitionTime"]["format"] == "date-time"
@@ -578,8 +588,12 @@ def test_printer_columns_point_at_schema_fields_of_the_right_type(file_name: str
             assert column["type"] == "date"
             continue
         node = schema
-        for part in path[1:].split("."):
+        # ".a.b" or ".status.conditions[?(@.type=="Ready")].status": a filter selects items
+        for part, selector in re.findall(r'\.(\w+)(\[\?\(@\.\w+=="[^"]*"\)\])?', path):
             node = node["properties"][part]
+            if selector:
+                assert node["type"] == "array", path
+                node = node["items"]
         if column["type"] == "date":
             assert (node["type"], node.get("format")) == ("string", "date-time"), path
         else:

@@ -16,6 +16,8 @@ from harmony_fleet.contracts import (
     BUCKET_DEVICE_INFO,
     BUCKET_DEVICE_STATE,
     BUCKETS,
+    CONTROL_PLANE_CONSUMERS,
+    MAX_DEPLOYMENTS_PER_DEVICE,
     MAX_DESIRED_STATE_BYTES,
     MAX_REPORT_BYTES,
     BucketSpec,
@@ -23,6 +25,7 @@ from harmony_fleet.contracts import (
     DeviceStateKey,
     InvalidIdError,
     KeyFormatError,
+    ReportKind,
     desired_state_filter,
     desired_state_key,
     device_heartbeat_key,
@@ -61,25 +64,42 @@ def test_buckets_lists_exactly_the_four_buckets_once() -> None:
 
 def test_size_limits() -> None:
     assert MAX_DESIRED_STATE_BYTES == 256 * 1024 == 262144
-    assert MAX_REPORT_BYTES == 64 * 1024 == 65536
+    assert MAX_REPORT_BYTES == {ReportKind.STATE: 16 * 1024, ReportKind.INFO: 16 * 1024,
+                                ReportKind.HEARTBEAT: 1024}
 
 
 @pytest.mark.parametrize(
-    ("name", "history", "max_value_size", "ttl"),
+    ("name", "history", "max_value_size", "ttl", "keys_per_device"),
     [
-        ("desired-state", 5, 256 * 1024, None),
-        ("device-state", 1, 64 * 1024, None),
-        ("device-info", 1, 64 * 1024, None),
-        ("device-heartbeat", 1, 64 * 1024, timedelta(days=1)),
+        ("desired-state", 5, 256 * 1024, None, None),
+        ("device-state", 1, 16 * 1024, None, MAX_DEPLOYMENTS_PER_DEVICE),
+        ("device-info", 1, 16 * 1024, None, 1),
+        ("device-heartbeat", 1, 1024, timedelta(days=1), 1),
     ],
 )
 def test_bucket_settings_match_the_documented_choices(
-    name: str, history: int, max_value_size: int, ttl: timedelta | None
+    name: str, history: int, max_value_size: int, ttl: timedelta | None,
+    keys_per_device: int | None,
 ) -> None:
     spec = {b.name: b for b in BUCKETS}[name]
     assert spec.history == history
     assert spec.max_value_size == max_value_size
     assert spec.ttl == ttl
+    assert spec.keys_per_device == keys_per_device
+
+
+@pytest.mark.parametrize("capacity", [1, 10, 1000, 10_000])
+def test_report_buckets_are_sized_from_the_per_device_caps(capacity: int) -> None:
+    specs = {b.name: b for b in BUCKETS}
+    # the control plane writes desired-state: no byte limit, but room for a watch per device
+    assert specs["desired-state"].max_bytes(capacity) is None
+    assert specs["desired-state"].max_consumers(capacity) == capacity + CONTROL_PLANE_CONSUMERS
+    for name in ("device-state", "device-info", "device-heartbeat"):
+        spec = specs[name]
+        per_device = spec.keys_per_device * spec.max_value_size * spec.history
+        assert spec.max_bytes(capacity) == capacity * per_device
+    # only expired Removed states need delete markers for readers
+    assert [b.name for b in BUCKETS if b.expiry_markers] == ["device-state"]
 
 
 @pytest.mark.parametrize(

@@ -9,13 +9,25 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from harmony_fleet.callout.permissions import writer_permissions
-from harmony_fleet.natsconf import CalloutConfig, ServerConfig, StaticUser, render
+from harmony_fleet.natsconf import (
+    CalloutConfig,
+    ClusterConfigError,
+    ClusterMember,
+    ServerConfig,
+    StaticUser,
+    TlsConfig,
+    WebsocketConfig,
+    cluster_configs,
+    render,
+    render_tls_block,
+)
 
 from .strategies import PROPERTY
 
@@ -281,3 +293,180 @@ def test_any_printable_ascii_password_round_trips(password: str) -> None:
 def test_non_ascii_and_control_characters_use_escapes_nats_server_reads(password: str) -> None:
     text = render(dev(fleet_users=[StaticUser("u", password)], sys_user=None))
     assert values(text, "password") == [password]
+
+
+# ----------------------------------------------------------------------------- TLS
+
+
+def test_tls_block_server_certificate_only() -> None:
+    tls = TlsConfig(Path("/etc/nats/tls/server.pem"), Path("/etc/nats/tls/server-key.pem"))
+    assert render_tls_block(tls).splitlines() == [
+        "tls {",
+        '  cert_file: "/etc/nats/tls/server.pem"',
+        '  key_file: "/etc/nats/tls/server-key.pem"',
+        "  timeout: 2",
+        "}",
+    ]
+
+
+def test_tls_block_client_certificates_and_indent() -> None:
+    tls = TlsConfig(Path("/c.pem"), Path("/k.pem"), ca_file=Path("/ca.pem"), verify=True,
+                    timeout_s=0.5)
+    lines = render_tls_block(tls, indent="  ").splitlines()
+    assert lines[0] == "  tls {"
+    assert lines[-1] == "  }"
+    assert [x.strip() for x in lines[1:-1]] == [
+        'cert_file: "/c.pem"', 'key_file: "/k.pem"', 'ca_file: "/ca.pem"', "verify: true",
+        "timeout: 0.5"]
+
+
+def test_tls_ca_without_verify_names_the_ca_only() -> None:
+    text = render_tls_block(TlsConfig(Path("/c"), Path("/k"), ca_file=Path("/ca")))
+    assert 'ca_file: "/ca"' in text
+    assert "verify" not in text
+
+
+@pytest.mark.parametrize(("bad", "why"), [({"verify": True}, "needs ca_file"),
+                                          ({"timeout_s": 0}, "more than 0"),
+                                          ({"timeout_s": -1}, "more than 0")])
+def test_tls_config_refuses_what_nats_server_would(bad: dict[str, object], why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        TlsConfig(Path("/c"), Path("/k"), **bad)  # type: ignore[arg-type]
+
+
+@given(st.text(min_size=1, max_size=40).filter(lambda s: "\x00" not in s))
+@PROPERTY
+def test_tls_paths_are_quoted_as_the_server_reads_them(path: str) -> None:
+    tls = TlsConfig(Path("/x") / path, Path("/k"), ca_file=Path(path))
+    block_text = render_tls_block(tls)
+    assert value(block_text, "cert_file") == str(Path("/x") / path)
+    assert value(block_text, "ca_file") == str(Path(path))
+    skeleton = unquoted_skeleton(block_text)
+    assert skeleton.count("{") == skeleton.count("}") == 1
+
+
+def test_server_config_renders_tls_at_the_top_level_only_when_set() -> None:
+    assert "tls {" not in render(dev())
+    text = render(dev(tls=TlsConfig(Path("/c.pem"), Path("/k.pem"))))
+    assert block(text, "tls") == ['cert_file: "/c.pem"', 'key_file: "/k.pem"', "timeout: 2"]
+    assert "\ntls {\n" in text  # not nested in another block
+# ---- clusters --------------------------------------------------------------------------------
+
+
+def members(n: int = 3, host: str = "127.0.0.1") -> list[ClusterMember]:
+    return [ClusterMember(f"fleet-{i}", host, 4222 + i, 6222 + i, Path(f"/data/{i}/js"),
+                          8222 + i) for i in range(n)]
+
+
+def test_cluster_configs_route_each_member_to_every_other() -> None:
+    base = ServerConfig(port=4222, store_dir=Path("/unused"), fleet_users=[ADMIN], sys_user=SYS,
+                        callout=CalloutConfig(ISSUER, [CALLOUT], XKEY))
+    configs = cluster_configs(base, members())
+    assert [c.server_name for c in configs] == ["fleet-0", "fleet-1", "fleet-2"]
+    for i, config in enumerate(configs):
+        assert config.cluster is not None
+        assert (config.port, config.http_port, config.store_dir) == (
+            4222 + i, 8222 + i, Path(f"/data/{i}/js"))
+        assert config.cluster.port == 6222 + i
+        assert sorted(config.cluster.routes) == sorted(
+            f"127.0.0.1:{6222 + j}" for j in range(3) if j != i)
+        # accounts, users and the callout are the base's on every member
+        assert (config.fleet_users, config.sys_user, config.callout) == (
+            base.fleet_users, base.sys_user, base.callout)
+
+
+def test_cluster_block_rendered() -> None:
+    base = ServerConfig(port=4222, store_dir=Path("/unused"))
+    text = render(cluster_configs(base, members(), name="edge")[1])
+    block = re.search(r"\ncluster \{\n(.*?)\n\}", text, re.S)
+    assert block is not None
+    lines = [line.strip() for line in block.group(1).splitlines()]
+    assert lines[0] == 'name: "edge"'
+    assert lines[1] == 'listen: "127.0.0.1:6223"'
+    assert lines[2] == 'routes: ["nats-route://127.0.0.1:6222", "nats-route://127.0.0.1:6224"]'
+    assert 'server_name: "fleet-1"' in text
+    assert "cluster {" not in render(base)
+
+
+def test_a_member_with_a_listen_host_listens_there_and_is_routed_to_by_name() -> None:
+    """Kubernetes: every pod listens on 0.0.0.0, the others route to its DNS name."""
+    every = "0.0.0.0"  # noqa: S104 - what a pod listens on
+    base = ServerConfig(port=4222, store_dir=Path("/unused"), http_port=8222)
+    dns = [ClusterMember(f"nats-{i}", f"nats-{i}.nats-headless.ns.svc", 4222, 6222,
+                         Path(f"/data/js/nats-{i}"), 8222, listen_host=every)
+           for i in range(3)]
+    configs = cluster_configs(base, dns, name="nats")
+    for i, config in enumerate(configs):
+        assert config.host == every
+        assert config.cluster is not None
+        assert config.cluster.host == every
+        assert config.cluster.routes == tuple(
+            f"nats-{j}.nats-headless.ns.svc:6222" for j in range(3) if j != i)
+        text = render(config)
+        assert 'listen: "0.0.0.0:4222"' in text
+        assert 'http: "0.0.0.0:8222"' in text
+
+
+@pytest.mark.parametrize(("change", "what"), [
+    (lambda ms: ms[:1], "at least two"),
+    (lambda ms: [ms[0], ms[0]], "server name"),
+    (lambda ms: [ms[0], ClusterMember("other", ms[0].host, ms[0].port, 7000,
+                                      Path("/x"))], "client address"),
+    (lambda ms: [ms[0], ClusterMember("other", ms[0].host, 5000, ms[0].cluster_port,
+                                      Path("/x"))], "route address"),
+    (lambda ms: [ms[0], ClusterMember("other", ms[0].host, 5000, 7000, ms[0].store_dir)],
+     "store"),
+])
+def test_members_that_cannot_form_a_cluster_are_refused(change: Any, what: str) -> None:
+    base = ServerConfig(port=4222, store_dir=Path("/unused"))
+    with pytest.raises(ClusterConfigError, match=what):
+        cluster_configs(base, change(members()))
+
+
+@PROPERTY
+@given(n=st.integers(2, 7))
+def test_routes_form_a_full_mesh(n: int) -> None:
+    configs = cluster_configs(ServerConfig(port=1, store_dir=Path("/u")), members(n))
+    edges = {(c.cluster.port, r) for c in configs if c.cluster for r in c.cluster.routes}
+    assert len(edges) == n * (n - 1)
+    assert all(f"127.0.0.1:{port}" != route for port, route in edges)
+
+
+# ---- websocket and route TLS -----------------------------------------------------------------
+
+
+def test_websocket_block_with_its_certificate_or_an_explicit_no_tls() -> None:
+    tls = TlsConfig(Path("/tls/tls.crt"), Path("/tls/tls.key"))
+    text = render(dev(websocket=WebsocketConfig(8443, tls=tls)))
+    assert block(text, "websocket") == [
+        'listen: "127.0.0.1:8443"', "tls {", 'cert_file: "/tls/tls.crt"',
+        'key_file: "/tls/tls.key"', "timeout: 2", "}", "compression: false"]
+    lab = render(dev(host="0.0.0.0", websocket=WebsocketConfig(8080, no_tls=True)))  # noqa: S104
+    assert block(lab, "websocket") == ['listen: "0.0.0.0:8080"', "no_tls: true",
+                                       "compression: false"]
+    assert "websocket {" not in render(dev())
+
+
+@pytest.mark.parametrize(("kwargs", "why"), [
+    ({}, "needs a certificate"),
+    ({"no_tls": True, "tls": TlsConfig(Path("/c"), Path("/k"))}, "not both")])
+def test_a_websocket_listener_is_tls_unless_plain_is_asked_for(kwargs: dict[str, Any],
+                                                               why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        WebsocketConfig(8080, **kwargs)
+
+
+def test_route_tls_is_rendered_inside_the_cluster_block_of_every_member() -> None:
+    tls = TlsConfig(Path("/tls/tls.crt"), Path("/tls/tls.key"), ca_file=Path("/tls/ca.crt"))
+    base = ServerConfig(port=4222, store_dir=Path("/unused"))
+    for config in cluster_configs(base, members(), route_tls=tls):
+        text = render(config)
+        cluster = block(text, "cluster")
+        assert cluster[cluster.index("tls {") + 3] == 'ca_file: "/tls/ca.crt"'
+        assert "\ntls {" not in text  # the client port stays as the base has it
+
+
+def test_route_tls_needs_the_ca_that_verifies_the_other_members() -> None:
+    with pytest.raises(ValueError, match="route TLS needs ca_file"):
+        cluster_configs(ServerConfig(port=4222, store_dir=Path("/u")), members(),
+                        route_tls=TlsConfig(Path("/c"), Path("/k")))

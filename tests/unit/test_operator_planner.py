@@ -2,7 +2,7 @@
 and the diff against what the bucket holds.
 
 The properties model the bucket as a plain dict and "apply" a diff to it the way the operator
-writes it (puts, then deletes), then check the contract from DESIGN.md:
+writes it (puts, then deletes), then check the contract (docs/wire-contract.md):
 
 * the managed part of the bucket equals the plan (by JSON meaning);
 * keys of tokens the operator does not manage, and keys that are not desired-state keys at

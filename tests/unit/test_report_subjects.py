@@ -180,7 +180,8 @@ def test_parse_never_raises_anything_else(text: str) -> None:
 
 def test_ack_ok() -> None:
     ack = ReportAck(ok=True)
-    assert json.loads(ack.to_json_bytes()) == {"ok": True, "error": None}
+    assert json.loads(ack.to_json_bytes()) == {"ok": True, "error": None, "retry_after_s": None,
+                                               "in_use_by": None}
     assert ReportAck.model_validate_json(ack.to_json_bytes()) == ack
 
 

@@ -8,9 +8,10 @@ from typing import Any
 import pytest
 from hypothesis import assume, given
 
-from harmony_fleet.callout.writer import QUEUE_GROUP, ReportRefused, check_report
+from harmony_fleet.callout.writer import QUEUE_GROUP, CheckedReport, ReportRefused, check_report
 from harmony_fleet.contracts import (
     MAX_REPORT_BYTES,
+    Phase,
     ReportKind,
     ReportSubject,
     report_heartbeat_subject,
@@ -67,24 +68,28 @@ def raw(doc: Any) -> bytes:
 # ----------------------------------------------------------------------------- accepted
 
 
+def placed(checked: CheckedReport) -> tuple[ReportSubject, str, str]:
+    return checked.where, checked.bucket, checked.key
+
+
 def test_queue_group() -> None:
     assert QUEUE_GROUP == "fleet-report-writer"
 
 
 def test_state_report() -> None:
-    where, bucket, key = check_report(STATE_SUBJECT, raw(state()))
+    where, bucket, key = placed(check_report(STATE_SUBJECT, raw(state())))
     assert where == ReportSubject(ReportKind.STATE, DEVICE, DEPLOYMENT)
     assert (bucket, key) == ("device-state", f"state.{DEVICE}.{DEPLOYMENT}")
 
 
 def test_info_report() -> None:
-    where, bucket, key = check_report(INFO_SUBJECT, raw(info()))
+    where, bucket, key = placed(check_report(INFO_SUBJECT, raw(info())))
     assert where == ReportSubject(ReportKind.INFO, DEVICE, None)
     assert (bucket, key) == ("device-info", f"info.{DEVICE}")
 
 
 def test_heartbeat_report() -> None:
-    where, bucket, key = check_report(HEARTBEAT_SUBJECT, raw(heartbeat()))
+    where, bucket, key = placed(check_report(HEARTBEAT_SUBJECT, raw(heartbeat())))
     assert where == ReportSubject(ReportKind.HEARTBEAT, DEVICE, None)
     assert (bucket, key) == ("device-heartbeat", f"heartbeat.{DEVICE}")
 
@@ -92,29 +97,31 @@ def test_heartbeat_report() -> None:
 @pytest.mark.parametrize("phase", ["Pending", "Pulling", "Starting", "Running", "Failed",
                                    "Removed"])
 def test_every_phase(phase: str) -> None:
-    assert check_report(STATE_SUBJECT, raw(state(phase=phase)))[1] == "device-state"
+    checked = check_report(STATE_SUBJECT, raw(state(phase=phase)))
+    assert checked.bucket == "device-state"
+    assert checked.phase == Phase(phase)
 
 
 def test_unknown_fields_from_newer_agents_are_accepted() -> None:
-    assert check_report(HEARTBEAT_SUBJECT, raw(heartbeat(future_field={"x": 1})))[2] == \
+    assert check_report(HEARTBEAT_SUBJECT, raw(heartbeat(future_field={"x": 1}))).key == \
         f"heartbeat.{DEVICE}"
 
 
 def test_bare_deployment_token() -> None:
-    _, _, key = check_report(f"fleet.report.state.{DEVICE}.web", raw(state(deployment="web")))
+    key = check_report(f"fleet.report.state.{DEVICE}.web", raw(state(deployment="web"))).key
     assert key == f"state.{DEVICE}.web"
 
 
 @PROPERTY
 @given(device=device_ids, dep=deployment_tokens)
 def test_valid_reports_for_any_device(device: str, dep: str) -> None:
-    assert check_report(report_state_subject(device, dep),
-                        raw(state(device_id=device, deployment=dep)))[1:] == (
+    assert placed(check_report(report_state_subject(device, dep),
+                               raw(state(device_id=device, deployment=dep))))[1:] == (
         "device-state", f"state.{device}.{dep}")
-    assert check_report(report_info_subject(device), raw(info(device_id=device)))[1:] == (
-        "device-info", f"info.{device}")
-    assert check_report(report_heartbeat_subject(device),
-                        raw(heartbeat(device_id=device)))[1:] == (
+    assert placed(check_report(report_info_subject(device), raw(info(device_id=device))))[1:] \
+        == ("device-info", f"info.{device}")
+    assert placed(check_report(report_heartbeat_subject(device),
+                               raw(heartbeat(device_id=device))))[1:] == (
         "device-heartbeat", f"heartbeat.{device}")
 
 
@@ -204,21 +211,30 @@ def _state_of_size(size: int) -> bytes:
     return data
 
 
+LIMIT = MAX_REPORT_BYTES[ReportKind.STATE]
+
+
 def test_report_at_the_size_limit_is_accepted() -> None:
-    assert MAX_REPORT_BYTES == 64 * 1024
-    assert check_report(STATE_SUBJECT, _state_of_size(MAX_REPORT_BYTES))[1] == "device-state"
+    assert LIMIT == 16 * 1024
+    assert check_report(STATE_SUBJECT, _state_of_size(LIMIT)).bucket == "device-state"
 
 
 def test_oversize_report() -> None:
-    with pytest.raises(ReportRefused, match=f"{MAX_REPORT_BYTES + 1} bytes") as exc:
-        check_report(STATE_SUBJECT, _state_of_size(MAX_REPORT_BYTES + 1))
-    assert str(MAX_REPORT_BYTES) in str(exc.value)
+    with pytest.raises(ReportRefused, match=f"{LIMIT + 1} bytes") as exc:
+        check_report(STATE_SUBJECT, _state_of_size(LIMIT + 1))
+    assert str(LIMIT) in str(exc.value)
+    assert exc.value.reason == "size"
 
 
-@pytest.mark.parametrize("subject", [STATE_SUBJECT, INFO_SUBJECT, HEARTBEAT_SUBJECT])
-def test_oversize_garbage_is_refused_for_its_size(subject: str) -> None:
+@pytest.mark.parametrize(("subject", "kind"), [(STATE_SUBJECT, ReportKind.STATE),
+                                               (INFO_SUBJECT, ReportKind.INFO),
+                                               (HEARTBEAT_SUBJECT, ReportKind.HEARTBEAT)])
+def test_oversize_garbage_is_refused_for_its_size(subject: str, kind: ReportKind) -> None:
     with pytest.raises(ReportRefused, match="limit"):
-        check_report(subject, b"x" * (MAX_REPORT_BYTES * 4))
+        check_report(subject, b"x" * (MAX_REPORT_BYTES[kind] + 1))
+    # a heartbeat has a much smaller limit than a state report
+    assert MAX_REPORT_BYTES[ReportKind.HEARTBEAT] < MAX_REPORT_BYTES[kind] or \
+        kind is ReportKind.HEARTBEAT
 
 
 # ----------------------------------------------------------------------------- subjects

@@ -12,7 +12,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
+from harmony_fleet.agent.reporter import fit_state
 from harmony_fleet.contracts import (
+    MAX_STATE_MESSAGE_BYTES,
+    MAX_STATE_REPORT_BYTES,
     TERMINAL_PHASES,
     DeploymentState,
     DeviceInfo,
@@ -74,8 +77,13 @@ def _info(**over: Any) -> dict[str, Any]:
         "runtime_enabled": True,
         "started_at": "2026-05-01T12:00:00Z",
         "updated_at": "2026-05-01T12:00:42.500000Z",
+        "sealing_key": SEALING_KEY,
         **over,
     }
+
+
+#: An X25519 public key as the agent publishes it (base64url of 32 bytes).
+SEALING_KEY = "hSDwCYkwp1R0i33ctD73Wg2_Og0mOBr066SpjqqbTmo"
 
 
 # ----------------------------------------------------------------------------- phases
@@ -245,9 +253,11 @@ def test_device_info_defaults_and_forward_compatibility() -> None:
     data = _info(inventory={**INVENTORY, "gpu": "none"}, future_field=[1, 2])
     del data["labels"]
     del data["runtime_enabled"]
+    del data["sealing_key"]  # agents that predate secrets
     info = DeviceInfo.model_validate(data)
     assert info.labels == {}
     assert info.runtime_enabled is True
+    assert info.sealing_key is None
     dumped = json.loads(info.to_json_bytes())
     assert "future_field" not in dumped
     assert "gpu" not in dumped["inventory"]
@@ -267,6 +277,10 @@ def test_device_info_defaults_and_forward_compatibility() -> None:
         ({"labels": {"site": "bad value"}}, ("labels",)),
         ({"labels": {"site": 3}}, ("labels", "site")),
         ({"started_at": "not a time"}, ("started_at",)),
+        ({"sealing_key": "not base64!"}, ("sealing_key",)),
+        ({"sealing_key": SEALING_KEY[:-2]}, ("sealing_key",)),  # 31 bytes
+        ({"sealing_key": SEALING_KEY + "AAAA"}, ("sealing_key",)),  # 35 bytes
+        ({"sealing_key": SEALING_KEY + "="}, ("sealing_key",)),  # padding is not the format
     ],
 )
 def test_device_info_validation(over: dict[str, Any], loc: tuple[Any, ...]) -> None:
@@ -282,8 +296,13 @@ def test_heartbeat_round_trip_and_field_names() -> None:
         "timestamp": "2026-05-01T12:00:42.500000Z",
         "uptime_s": 42,
         "agent_version": "0.1.0",
+        "instance_id": None,
     }
     assert Heartbeat.model_validate_json(beat.to_json_bytes()) == beat
+    # heartbeats of agents that predate instance ids still parse
+    old = b'{"device_id": "pi-1", "timestamp": "2026-05-01T12:00:42Z", "uptime_s": 1, ' \
+          b'"agent_version": "0.1.0"}'
+    assert Heartbeat.model_validate_json(old).instance_id is None
     assert Heartbeat.model_validate({**beat.model_dump(), "load": 0.5}) == beat
 
 
@@ -381,3 +400,44 @@ def test_labels_type() -> None:
         adapter.validate_python({"a": "x y"})
     with pytest.raises(ValidationError, match="label key 'a b'"):
         adapter.validate_python({"a b": "x"})
+
+
+# ----------------------------------------------------------------------------- fit to the limit
+
+
+def _state_with(message: str, services: int) -> DeploymentState:
+    now = datetime(2026, 5, 1, tzinfo=UTC)
+    return DeploymentState(
+        device_id="pi-1", deployment="ns_app", phase=Phase.FAILED, message=message,
+        since=now, updated_at=now,
+        services=[ServiceStatus(name=f"service-{i:02d}-" + "x" * 40,
+                                container=f"pi-1.ns_app.service-{i:02d}-" + "x" * 40,
+                                state="exited", exit_code=1, spec_hash="0123456789abcdef")
+                  for i in range(services)])
+
+
+def test_a_small_state_is_sent_as_it_is() -> None:
+    state = _state_with("3 service(s) running", 3)
+    assert fit_state(state) == state
+
+
+@pytest.mark.parametrize("message", ["x" * 100_000, "é" * 50_000, "🙂" * 30_000])
+def test_a_long_message_is_cut_on_a_character_boundary(message: str) -> None:
+    fitted = fit_state(_state_with(message, 1))
+    assert len(fitted.message.encode()) <= MAX_STATE_MESSAGE_BYTES
+    assert fitted.message.endswith("[...]")
+    assert message.startswith(fitted.message.removesuffix(" [...]"))
+    assert len(fitted.to_json_bytes()) <= MAX_STATE_REPORT_BYTES
+
+
+@PROPERTY
+@given(message=st.text(max_size=20_000), services=st.integers(0, 64))
+def test_every_state_fits_the_writers_limit(message: str, services: int) -> None:
+    state = _state_with(message, services)
+    fitted = fit_state(state)
+    assert len(fitted.to_json_bytes()) <= MAX_STATE_REPORT_BYTES
+    assert fitted.services == state.services[:len(fitted.services)]
+    if len(fitted.services) < services:
+        assert "left out of this report" in fitted.message
+    assert (fitted.phase, fitted.spec_hash, fitted.revision) == (
+        state.phase, state.spec_hash, state.revision)

@@ -55,12 +55,18 @@ def pem(rsa_key: rsa.RSAPrivateKey) -> str:
                                  serialization.NoEncryption()).decode()
 
 
+def private(path: Path) -> Path:
+    """Key files are refused unless only their owner can access them."""
+    path.chmod(0o600)
+    return path
+
+
 @pytest.fixture
 def key_file(tmp_path: Path, pem: str) -> Path:
     path = tmp_path / "zitadel-key.json"
     path.write_text(json.dumps({"type": "serviceaccount", "keyId": "key-1", "key": pem,
                                 "userId": "user-1"}), encoding="utf-8")
-    return path
+    return private(path)
 
 
 def settings_for(key_file: Path, **over: Any) -> ZitadelAuth:
@@ -107,12 +113,13 @@ def test_load(key_file: Path, pem: str) -> None:
 def test_load_stringifies_ids(tmp_path: Path, pem: str) -> None:
     path = tmp_path / "k.json"
     path.write_text(json.dumps({"keyId": 123, "key": pem, "userId": 456}))
-    key = MachineKey.load(path)
+    key = MachineKey.load(private(path))
     assert (key.key_id, key.user_id) == ("123", "456")
 
 
 def test_load_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(TokenError, match="not a Zitadel machine key file"):
+    with pytest.raises(TokenError, match=r"cannot read the machine key file .*nope\.json: No such "
+                                         r"file or directory"):
         MachineKey.load(tmp_path / "nope.json")
 
 
@@ -126,8 +133,8 @@ def test_load_directory(tmp_path: Path) -> None:
 def test_load_bad_json(tmp_path: Path, content: bytes) -> None:
     path = tmp_path / "k.json"
     path.write_bytes(content)
-    with pytest.raises(TokenError) as info:
-        MachineKey.load(path)
+    with pytest.raises(TokenError, match="not a Zitadel machine key file") as info:
+        MachineKey.load(private(path))
     assert str(path) in str(info.value)
 
 
@@ -137,8 +144,8 @@ def test_load_missing_keys(tmp_path: Path, pem: str, missing: str) -> None:
     del doc[missing]
     path = tmp_path / "k.json"
     path.write_text(json.dumps(doc))
-    with pytest.raises(TokenError) as info:
-        MachineKey.load(path)
+    with pytest.raises(TokenError, match="not a Zitadel machine key file") as info:
+        MachineKey.load(private(path))
     assert "PRIVATE KEY" not in str(info.value)  # the secret never lands in the message
 
 
@@ -178,8 +185,8 @@ def test_assertion_does_not_verify_with_another_key(key_file: Path,
 def test_unusable_pem_is_a_token_error(tmp_path: Path, bad_pem: str) -> None:
     path = tmp_path / "k.json"
     path.write_text(json.dumps({"keyId": "k", "key": bad_pem, "userId": "u"}))
-    with pytest.raises(TokenError):
-        MachineKey.load(path).assertion(ISSUER)
+    with pytest.raises(TokenError, match="not a usable RSA private key"):
+        MachineKey.load(private(path)).assertion(ISSUER)
 
 
 # ----------------------------------------------------------------------------- settings
@@ -297,10 +304,11 @@ async def test_run_survives_a_failed_refresh(key_file: Path,
     stop = asyncio.Event()
     fake = FakeExchange(fail=1, stop=stop)
     monkeypatch.setattr(tokens, "exchange", fake)
-    provider = ZitadelTokenProvider(settings_for(key_file))
-    await asyncio.wait_for(provider.run(stop, retry_s=30), 5)  # stop ends the retry wait
+    provider = ZitadelTokenProvider(settings_for(key_file, refresh_retry_initial_s=30))
+    await asyncio.wait_for(provider.run(stop), 5)  # stop ends the retry wait
     assert fake.calls == 1
     assert provider.refreshes == 0
+    assert (provider.failed_refreshes, provider.consecutive_failures) == (1, 1)
 
 
 async def test_run_returns_at_once_when_stopped(key_file: Path,

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from prometheus_client import Counter, Histogram
 from pydantic import BaseModel
 
+from harmony_fleet.bus.connection import drain_subscription
 from harmony_fleet.contracts import (
     HDR_DEADLINE,
     HDR_OPERATOR_SUB,
@@ -33,6 +33,8 @@ from harmony_fleet.contracts import (
     parse_command_subject,
     parse_request,
 )
+from harmony_fleet.errors import FleetError
+from harmony_fleet.metrics import Counter, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ COMMAND_SECONDS = Histogram(
 )
 
 
-class CommandFailed(Exception):
+class CommandFailed(FleetError):
     """Raised by a handler to answer with an ErrorReply."""
 
     def __init__(self, kind: ErrorKind, message: str) -> None:
@@ -109,15 +111,18 @@ class CommandServer:
         log.info("answering commands", extra={"device": self._device_id})
 
     async def stop(self, timeout: float = 5.0) -> None:
-        """Stop taking requests; give running ones ``timeout`` seconds to finish."""
+        """Stop taking requests; give running ones ``timeout`` seconds to finish.
+
+        The subscription is drained, not dropped: requests the server already delivered to
+        this connection (during a move to a new one, both are in the queue group) are still
+        taken and answered."""
         if self._sub is not None:
-            try:
-                await self._sub.unsubscribe()
-            except Exception as exc:  # connection already gone
-                log.debug("unsubscribe failed: %s", exc)
-            self._sub = None
+            sub, self._sub = self._sub, None
+            # bounded, and given up at once when the connection is lost (nothing delivered
+            # could be answered then): a stop as nats-server goes must not wait out a timeout
+            await drain_subscription(self._nc, sub, timeout)
         if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            _finished, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:
                 task.cancel()
 
@@ -191,7 +196,7 @@ class CommandServer:
 
     async def _dispatch(self, msg: Msg, headers: Mapping[str, str], request_id: str | None) -> None:
         try:
-            _, verb_name = parse_command_subject(msg.subject)
+            verb_name = parse_command_subject(msg.subject)[1]
         except CommandSubjectError as exc:
             await self._reply_error(msg, ErrorKind.BAD_REQUEST, str(exc), "?", request_id)
             return

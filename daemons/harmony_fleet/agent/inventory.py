@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 def _os_pretty_name(os_release: Path = Path("/etc/os-release")) -> str:
     try:
         for line in os_release.read_text(encoding="utf-8").splitlines():
-            key, _, value = line.partition("=")
+            key, _sep, value = line.partition("=")
             if key == "PRETTY_NAME":
                 return value.strip().strip('"')
     except OSError:

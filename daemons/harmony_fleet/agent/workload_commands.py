@@ -24,7 +24,12 @@ from harmony_fleet.contracts import (
 from .commands import CommandFailed, CommandRequest
 from .config import ExecSection
 from .plan import service_container_name
-from .runtime import LABEL_DEVICE, ContainerRuntime, ContainerRuntimeError
+from .runtime import (
+    LABEL_DEVICE,
+    ContainerRuntime,
+    ContainerRuntimeError,
+    argument_problem,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,30 +87,33 @@ class WorkloadCommands:
         self.exec_config = exec_config
 
     async def _container(self, deployment: str, service: str, verb: str) -> str:
+        """The id of the service's container: the request names the service, so the name is
+        resolved once, here, and the command acts on that container even if the service is
+        recreated meanwhile (its new container would be another one, by the same name)."""
         name = service_container_name(self.device_id, deployment, service)
         info = await self.runtime.inspect(name)
-        if info is None or info.labels.get(LABEL_DEVICE) != self.device_id:
+        if info is None or info.labels.get(LABEL_DEVICE) != self.device_id or not info.id:
             raise CommandFailed(
                 ErrorKind.NOT_FOUND,
                 f"{verb}: deployment {deployment} has no service {service} on {self.device_id}",
             )
-        return name
+        return info.id
 
     async def logs(self, request: CommandRequest) -> BaseModel | None:
         try:
             req = parse_request(request.payload, LogsRequest)
         except ValueError as exc:
             raise CommandFailed(ErrorKind.BAD_REQUEST, f"logs: {exc}") from exc
-        name = await self._container(req.deployment, req.service, "logs")
+        container = await self._container(req.deployment, req.service, "logs")
         out = _ChunkSender(request)
-        error = await self._stream_logs(name, req, out)
+        error = await self._stream_logs(container, req, out)
         await out.finish(error)
         return None
 
     async def _stream_logs(
-        self, name: str, req: LogsRequest, out: _ChunkSender
+        self, container: str, req: LogsRequest, out: _ChunkSender
     ) -> ErrorReply | None:
-        stream = self.runtime.logs(name, tail=req.tail, since=req.since, follow=req.follow)
+        stream = self.runtime.logs(container, tail=req.tail, since=req.since, follow=req.follow)
         # a reader task feeds a queue so that waiting for output never cancels the podman
         # process; while a follow is idle the client gets an empty chunk every KEEPALIVE_S
         queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=64)
@@ -118,7 +126,7 @@ class WorkloadCommands:
             except ContainerRuntimeError as exc:
                 await queue.put(exc)
 
-        reader = asyncio.create_task(pump(), name=f"logs-{name}")
+        reader = asyncio.create_task(pump(), name=f"logs-{container[:12]}")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + req.follow_timeout_s if req.follow else None
         try:
@@ -157,11 +165,14 @@ class WorkloadCommands:
                 f"exec of {req.argv[0]!r} in {req.deployment}/{req.service} is not allowed "
                 f"on {self.device_id}",
             )
-        name = await self._container(req.deployment, req.service, "exec")
-        log.info("exec in %s: %s", name, req.argv[0],
-                 extra={"device": self.device_id, "request_id": request.request_id,
-                        "operator_sub": request.operator_sub})
-        result = await self.runtime.exec(name, req.argv, timeout_s=req.timeout_s,
+        for i, arg in enumerate(req.argv):  # podman's argv, then the command's own
+            if (why := argument_problem(arg)) is not None:
+                raise CommandFailed(ErrorKind.BAD_REQUEST, f"exec: argv[{i}] {why}")
+        container = await self._container(req.deployment, req.service, "exec")
+        log.info("exec in %s/%s (%s): %s", req.deployment, req.service, container[:12],
+                 req.argv[0], extra={"device": self.device_id, "request_id": request.request_id,
+                                     "operator_sub": request.operator_sub})
+        result = await self.runtime.exec(container, req.argv, timeout_s=req.timeout_s,
                                          output_cap=req.output_cap)
         return ExecReply(exit_code=result.exit_code,
                          output=result.output.decode("utf-8", "replace"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Sequence
 from typing import TypeVar
 
 import nats.errors
@@ -34,13 +34,14 @@ from harmony_fleet.contracts import (
     device_command_subject,
     parse_reply,
 )
+from harmony_fleet.errors import FleetError
 
 DEFAULT_TIMEOUT_S = 5.0
 
 ReplyT = TypeVar("ReplyT", bound=BaseModel)
 
 
-class CommandError(Exception):
+class CommandError(FleetError):
     """Base of every typed command failure; ``device_id`` says which device."""
 
     def __init__(self, device_id: str, message: str) -> None:
@@ -147,7 +148,7 @@ class FleetCommandsClient:
     async def logs(
         self, device_id: str, deployment: str, service: str, *, tail: int | None = None,
         since: str | None = None, follow: bool = False, follow_timeout_s: int = 3600,
-    ) -> AsyncIterator[str]:
+    ) -> AsyncGenerator[str, None]:
         """Yield a service's output in order, as text chunks, until the stream's end marker.
 
         Leaving the loop early (``break``, an exception, ``aclose()``) cancels the stream on the

@@ -5,24 +5,41 @@ a current token in memory and a background task (:meth:`ZitadelTokenProvider.run
 it ``refresh_leeway_s`` before expiry (or at half its lifetime when tokens are shorter than
 that). Each token bounds the NATS user JWT the callout issues, so after a refresh the
 connection must be re-authenticated before the old token expires:
-:func:`harmony_fleet.bus.connection.keep_authenticated` forces that reconnect.
+:func:`harmony_fleet.bus.connection.keep_authenticated` forces that reconnect. A refresh that
+fails changes nothing on the connection (it stays authenticated until the current token
+expires); it is retried with exponential backoff and full jitter, each attempt logged.
+
+A machine key file that group or others can access is refused (as ssh refuses such a private
+key) unless the settings say ``allow_insecure_key_permissions = true``.
+
+The assertion is a compact JWS signed RS256 by :mod:`harmony_fleet.purecrypto` (no PyJWT, no
+``cryptography`` on a device: see that module); the issuer verifies it like any JWT.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import http.client
 import json
 import logging
+import os
+import stat
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import jwt
+from harmony_fleet.daemon import first_of
+from harmony_fleet.errors import FleetError
+from harmony_fleet.purecrypto import CryptoError, RSAPrivateKey, rsa_private_key_from_pem
 
+from .retry import full_jitter_backoff
 from .settings import ZitadelAuth
 
 log = logging.getLogger(__name__)
@@ -30,8 +47,25 @@ log = logging.getLogger(__name__)
 JWT_BEARER = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 
 
-class TokenError(RuntimeError):
+class TokenError(FleetError, RuntimeError):
     """No token could be obtained (bad key file, issuer unreachable, grant refused)."""
+
+
+class InsecureKeyFileError(TokenError):
+    """The machine key file is accessible by group or others, and that is not allowed."""
+
+
+#: permission bits a machine key file must not have: any access by group or others
+KEY_FILE_FORBIDDEN_BITS = 0o077
+
+
+def key_file_permission_problem(path: Path, mode: int) -> str | None:
+    """What is wrong with a key file of this ``mode`` (pure; ``None``: nothing)."""
+    perms = stat.S_IMODE(mode)
+    if not perms & KEY_FILE_FORBIDDEN_BITS:
+        return None
+    return (f"permissions {perms:04o} for machine key file {path} are too open: it must not "
+            f"be accessible by group or others (chmod 600 {path})")
 
 
 @dataclass(frozen=True)
@@ -43,24 +77,82 @@ class MachineKey:
     user_id: str
 
     @classmethod
-    def load(cls, path: Path) -> MachineKey:
+    def load(cls, path: Path, *, allow_insecure_permissions: bool = False) -> MachineKey:
+        """Read a key file; refuse one that group or others can access (see the module)."""
+        key, problem = cls.read(path, allow_insecure_permissions=allow_insecure_permissions)
+        if problem is not None:
+            log.warning("%s; using it anyway (allow_insecure_key_permissions = true)", problem)
+        return key
+
+    @classmethod
+    def read(cls, path: Path, *, allow_insecure_permissions: bool = False,
+             ) -> tuple[MachineKey, str | None]:
+        """The key, and the permission problem that was let through (if any).
+
+        The mode is checked on the opened file (``fstat``), so the file checked is the file
+        read. :class:`InsecureKeyFileError` when the problem is not allowed.
+        """
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-            return cls(str(doc["keyId"]), str(doc["key"]), str(doc["userId"]))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+            with path.open("rb") as handle:
+                problem = key_file_permission_problem(path, os.fstat(handle.fileno()).st_mode)
+                if problem is not None and not allow_insecure_permissions:
+                    raise InsecureKeyFileError(
+                        f"{problem}; refusing to use it (set allow_insecure_key_permissions = "
+                        "true in the auth settings to override)")
+                doc = json.loads(handle.read())
+            return cls(str(doc["keyId"]), str(doc["key"]), str(doc["userId"])), problem
+        except OSError as exc:
+            raise TokenError(f"cannot read the machine key file {path}: "
+                             f"{exc.strerror or exc}") from exc
+        except (ValueError, KeyError, TypeError) as exc:
             raise TokenError(f"{path}: not a Zitadel machine key file ({type(exc).__name__})") \
+                from exc
+
+    def rsa_key(self) -> RSAPrivateKey:
+        try:
+            return rsa_private_key_from_pem(self.private_key_pem)
+        except CryptoError as exc:
+            raise TokenError(f"machine key {self.key_id} is not a usable RSA private key") \
                 from exc
 
     def assertion(self, audience: str, lifetime_s: int = 300) -> str:
         now = int(time.time())
         claims = {"iss": self.user_id, "sub": self.user_id, "aud": audience, "iat": now,
                   "exp": now + lifetime_s}
-        try:
-            return jwt.encode(claims, self.private_key_pem, algorithm="RS256",
-                              headers={"kid": self.key_id})
-        except (jwt.PyJWTError, ValueError, TypeError) as exc:
-            raise TokenError(f"machine key {self.key_id} is not a usable RSA private key") \
-                from exc
+        return sign_rs256(self.rsa_key(), claims, {"kid": self.key_id})
+
+
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def sign_rs256(key: RSAPrivateKey, claims: dict[str, Any], headers: dict[str, str]) -> str:
+    """A compact JWS (RFC 7515) of ``claims``, signed RS256 (RFC 7518 section 3.3)."""
+    header = {"alg": "RS256", "typ": "JWT", **headers}
+    signing_input = ".".join(
+        _b64url(json.dumps(part, separators=(",", ":")).encode("utf-8"))
+        for part in (header, claims))
+    try:
+        signature = key.sign_pkcs1v15_sha256(signing_input.encode("ascii"))
+    except CryptoError as exc:
+        raise TokenError(f"cannot sign the assertion: {exc}") from exc
+    return f"{signing_input}.{_b64url(signature)}"
+
+
+def unverified_claims(token: str) -> dict[str, Any]:
+    """The claims of a compact JWS, signature NOT verified (only to read ``exp`` of a token
+    the issuer just handed over TLS); :class:`ValueError` if it is not a JWS."""
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise ValueError("not a compact JWS")
+    try:
+        payload = base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4))
+    except binascii.Error as exc:
+        raise ValueError("the JWS payload is not base64url") from exc
+    claims = json.loads(payload)
+    if not isinstance(claims, dict):
+        raise ValueError("the JWS payload is not an object")
+    return claims
 
 
 @dataclass(frozen=True)
@@ -76,7 +168,7 @@ class AccessToken:
 
 def exchange(settings: ZitadelAuth, key: MachineKey) -> AccessToken:
     """One JWT-profile grant (blocking; run it in a thread)."""
-    issuer = settings.issuer.rstrip("/")
+    issuer, endpoint = settings.issuer.rstrip("/"), settings.endpoint()
     form = urllib.parse.urlencode({
         "grant_type": JWT_BEARER,
         "assertion": key.assertion(issuer),
@@ -84,7 +176,7 @@ def exchange(settings: ZitadelAuth, key: MachineKey) -> AccessToken:
     }).encode()
     # the issuer URL is validated as http(s) by ZitadelAuth
     request = urllib.request.Request(  # noqa: S310
-        f"{issuer}/oauth/v2/token", data=form, method="POST",
+        f"{endpoint}/oauth/v2/token", data=form, method="POST",
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     started = time.time()
@@ -94,8 +186,9 @@ def exchange(settings: ZitadelAuth, key: MachineKey) -> AccessToken:
     except urllib.error.HTTPError as exc:
         detail = exc.read()[:200].decode("utf-8", "replace")
         raise TokenError(f"token endpoint refused the grant ({exc.code}): {detail}") from exc
-    except (OSError, ValueError) as exc:
-        raise TokenError(f"token endpoint {issuer} unreachable: {exc}") from exc
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        # HTTPException: a connection cut mid-answer (an issuer killed while it replies)
+        raise TokenError(f"token endpoint {endpoint} unreachable: {str(exc) or repr(exc)}") from exc
     try:
         token = str(doc["access_token"])
         expires_in = float(doc.get("expires_in") or 0)
@@ -103,15 +196,30 @@ def exchange(settings: ZitadelAuth, key: MachineKey) -> AccessToken:
         raise TokenError("token endpoint answered without an access_token") from exc
     if not expires_in:
         try:
-            claims = jwt.decode(token, options={"verify_signature": False})
+            claims = unverified_claims(token)
             expires_in = float(claims["exp"]) - started
-        except (jwt.PyJWTError, KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise TokenError("the access token has neither expires_in nor an exp claim") from exc
     return AccessToken(token, started + expires_in, started)
 
 
+def check_key_file(settings: ZitadelAuth) -> list[str]:
+    """For ``--check-config``: :class:`TokenError` if the key file would be refused or cannot
+    be used; otherwise the warnings to show (an insecure file that the settings allow)."""
+    key, problem = MachineKey.read(
+        settings.key_file, allow_insecure_permissions=settings.allow_insecure_key_permissions)
+    key.rsa_key()  # the PEM is a usable RSA key
+    if problem is None:
+        return []
+    return [f"{problem}; allowed by allow_insecure_key_permissions = true"]
+
+
 class ZitadelTokenProvider:
-    """A :class:`~harmony_fleet.bus.credentials.CredentialProvider` with refreshing tokens."""
+    """A :class:`~harmony_fleet.bus.credentials.CredentialProvider` with refreshing tokens.
+
+    Counters (for metrics and tests): ``refreshes`` (tokens obtained), ``failed_refreshes``
+    (attempts of :meth:`run` that failed) and ``consecutive_failures`` (since the last token).
+    """
 
     def __init__(self, settings: ZitadelAuth) -> None:
         self.settings = settings
@@ -119,6 +227,8 @@ class ZitadelTokenProvider:
         self._token: AccessToken | None = None
         self.refreshed = asyncio.Event()
         self.refreshes = 0
+        self.failed_refreshes = 0
+        self.consecutive_failures = 0
 
     def describe(self) -> str:
         user = self._key.user_id if self._key else "?"
@@ -144,32 +254,50 @@ class ZitadelTokenProvider:
             await self.refresh()
 
     async def refresh(self) -> AccessToken:
-        if self._key is None:
-            self._key = await asyncio.to_thread(MachineKey.load, self.settings.key_file)
+        if self._key is None:  # loaded once: an allowed insecure key file is warned about once
+            self._key = await asyncio.to_thread(
+                MachineKey.load, self.settings.key_file,
+                allow_insecure_permissions=self.settings.allow_insecure_key_permissions)
         token = await asyncio.to_thread(exchange, self.settings, self._key)
         self._token = token
         self.refreshes += 1
+        self.consecutive_failures = 0
         self.refreshed.set()
         log.info("access token refreshed; valid for %.0fs", token.expires_at - time.time())
         return token
 
-    async def run(self, stop: asyncio.Event, *, retry_s: float = 2.0) -> None:
-        """Keep the token fresh until ``stop``; failures are retried (and logged)."""
+    def _retry_delays(self) -> Iterator[float]:
+        s = self.settings
+        return full_jitter_backoff(s.refresh_retry_initial_s, s.refresh_retry_factor,
+                                   s.refresh_retry_max_s)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Keep the token fresh until ``stop``. A failed refresh is logged and retried with
+        backoff; it never ends this task, which the connection depends on."""
+        delays = self._retry_delays()
         while not stop.is_set():
             token = self._token
             wait = (token.refresh_at(self.settings.refresh_leeway_s) - time.time()) if token else 0
-            if wait > 0:
-                try:
-                    await asyncio.wait_for(stop.wait(), wait)
-                    return
-                except TimeoutError:
-                    pass
+            if wait > 0 and await _stopped_within(stop, wait):
+                return
             try:
                 await self.refresh()
-            except TokenError as exc:
-                log.warning("token refresh failed: %s; retrying in %.0fs", exc, retry_s)
-                try:
-                    await asyncio.wait_for(stop.wait(), retry_s)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # TokenError expected; anything else must not end the task
+                if self.consecutive_failures == 0:  # the first failure since a token: start over
+                    delays = self._retry_delays()
+                self.consecutive_failures += 1
+                self.failed_refreshes += 1
+                delay = next(delays)
+                reason = str(exc) if isinstance(exc, TokenError) else repr(exc)
+                log.warning("token refresh attempt #%d failed: %s; will retry in %.1fs",
+                            self.consecutive_failures, reason, delay)
+                if await _stopped_within(stop, delay):
                     return
-                except TimeoutError:
-                    continue
+
+
+async def _stopped_within(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait up to ``seconds``; True if ``stop`` was set meanwhile."""
+    await first_of(stop, timeout=seconds)
+    return stop.is_set()

@@ -26,12 +26,14 @@ import nacl.signing
 import nacl.utils
 import nkeys
 
+from harmony_fleet.errors import FleetError
+
 _PREFIX_CURVE = 23 << 3  # 'X'
 _HEADER = {"typ": "JWT", "alg": "ed25519-nkey"}
 _XKV1 = b"xkv1"
 
 
-class NatsJwtError(ValueError):
+class NatsJwtError(FleetError, ValueError):
     """A NATS JWT or sealed message is malformed or its signature does not verify."""
 
 

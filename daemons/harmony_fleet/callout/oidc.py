@@ -9,7 +9,9 @@ Claim mapping (how Zitadel is configured, see README "Identity"):
   ``"urn:zitadel:iam:org:project:roles": {"fleet-device": {"<org id>": "<org domain>"}}``
   (Zitadel also sends ``urn:zitadel:iam:org:project:<project id>:roles``; either is read);
 * ``aud`` contains the project id (the callout's configured audience), ``iss`` is the
-  instance URL, ``exp`` bounds the NATS user JWT.
+  instance URL, ``exp`` bounds the NATS user JWT;
+* signatures: every algorithm Zitadel publishes (``SIGNING_ALGORITHMS``), but for each token
+  only the ones its key allows (:func:`algorithms_for`), narrowed by the JWK's ``alg``.
 """
 
 from __future__ import annotations
@@ -25,17 +27,42 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
 
 from harmony_fleet.contracts import InvalidIdError, validate_device_id
+from harmony_fleet.contracts.identity import (
+    DEVICE_ID_METADATA_KEY,
+    METADATA_CLAIM,
+    project_roles,
+)
+from harmony_fleet.errors import FleetError
 
 log = logging.getLogger(__name__)
 
-METADATA_CLAIM = "urn:zitadel:iam:user:metadata"
-ROLES_CLAIM = "urn:zitadel:iam:org:project:roles"
-DEVICE_METADATA_KEY = "device_id"
+#: what Zitadel may sign with (its JWKS publishes one of these per key); never ``none``/HS*
+SIGNING_ALGORITHMS = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "EdDSA")
+_EC_ALGORITHMS = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
 
 
-class TokenRejected(Exception):
+def algorithms_for(key: Any, jwk_alg: str | None = None) -> tuple[str, ...]:
+    """Pure: the algorithms a token signed with ``key`` may name (``jwk_alg``, the JWK's
+    ``alg``, narrows them to one). An RSA key never verifies an EC or HMAC signature, a P-256
+    key only ES256, an Ed25519/Ed448 key only EdDSA: no algorithm confusion."""
+    if isinstance(key, rsa.RSAPublicKey):
+        allowed: tuple[str, ...] = ("RS256", "RS384", "RS512")
+    elif isinstance(key, ec.EllipticCurvePublicKey):
+        alg = _EC_ALGORITHMS.get(key.curve.name)
+        allowed = (alg,) if alg else ()
+    elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        allowed = ("EdDSA",)
+    else:
+        allowed = ()
+    if jwk_alg is not None:
+        allowed = tuple(a for a in allowed if a == jwk_alg)
+    return allowed
+
+
+class TokenRejected(FleetError):
     """The bearer token is not acceptable; ``reason`` is a short label for metrics and logs."""
 
     def __init__(self, reason: str, detail: str) -> None:
@@ -52,27 +79,12 @@ class Identity:
     name: str
 
 
-def _project_roles(claims: dict[str, Any], project_id: str | None) -> set[str]:
-    """Roles of the fleet project only: the generic claim, and the project-specific one for
-    ``project_id`` (a token carrying several projects must not lend another project's
-    ``fleet-admin`` role)."""
-    roles: set[str] = set()
-    keys = [ROLES_CLAIM]
-    if project_id:
-        keys.append(f"urn:zitadel:iam:org:project:{project_id}:roles")
-    for key in keys:
-        value = claims.get(key)
-        if isinstance(value, dict):
-            roles.update(str(r) for r in value)
-    return roles
-
-
 def _device_from_metadata(claims: dict[str, Any]) -> str | None:
     metadata = claims.get(METADATA_CLAIM)
-    if not isinstance(metadata, dict) or DEVICE_METADATA_KEY not in metadata:
+    if not isinstance(metadata, dict) or DEVICE_ID_METADATA_KEY not in metadata:
         return None
     try:
-        raw = base64.b64decode(str(metadata[DEVICE_METADATA_KEY]), validate=True).decode()
+        raw = base64.b64decode(str(metadata[DEVICE_ID_METADATA_KEY]), validate=True).decode()
         return validate_device_id(raw)
     except (binascii.Error, UnicodeDecodeError, InvalidIdError) as exc:
         raise TokenRejected("bad-device-claim", f"device_id metadata is not a device id: {exc}") \
@@ -82,7 +94,7 @@ def _device_from_metadata(claims: dict[str, Any]) -> str | None:
 def identity_from_claims(claims: dict[str, Any], project_id: str | None = None) -> Identity:
     """Pure: the fleet identity a validated token describes."""
     subject = str(claims.get("sub", ""))
-    roles = frozenset(_project_roles(claims, project_id))
+    roles = frozenset(project_roles(claims, project_id))
     return Identity(
         subject=subject,
         device_id=_device_from_metadata(claims),
@@ -97,12 +109,17 @@ class JwksCache:
     (at most every ``min_refresh_s``) and every ``max_age_s``."""
 
     def __init__(self, issuer: str, *, max_age_s: float = 300, min_refresh_s: float = 5,
-                 http_timeout_s: float = 5) -> None:
+                 http_timeout_s: float = 5, url: str | None = None) -> None:
         self.issuer = issuer.rstrip("/")
+        #: where the issuer is reached, when that is not its identity (a URL of the discovery
+        #: document under ``issuer`` is fetched under ``url`` instead)
+        self.url = (url or issuer).rstrip("/")
         self.max_age_s = max_age_s
         self.min_refresh_s = min_refresh_s
         self.http_timeout_s = http_timeout_s
         self._keys: dict[str, Any] = {}
+        #: kid -> the JWK's ``alg``, when it names one
+        self._algs: dict[str, str] = {}
         self._fetched_at = 0.0
         self._lock = asyncio.Lock()
         self.fetches = 0
@@ -113,16 +130,36 @@ class JwksCache:
         with urllib.request.urlopen(url, timeout=self.http_timeout_s) as response:  # noqa: S310
             return dict(json.loads(response.read()))
 
-    def _fetch(self) -> dict[str, Any]:
-        discovery = self._get_json(f"{self.issuer}/.well-known/openid-configuration")
-        jwks = self._get_json(str(discovery["jwks_uri"]))
-        keys = {}
+    def _reach(self, url: str) -> str:
+        if url.startswith(self.issuer + "/") and self.url != self.issuer:
+            return self.url + url[len(self.issuer):]
+        return url
+
+    def jwk_alg(self, kid: str) -> str | None:
+        """The ``alg`` the JWKS names for ``kid`` (None: it names none)."""
+        return self._algs.get(kid)
+
+    def _fetch(self) -> tuple[dict[str, Any], dict[str, str]]:
+        discovery = self._get_json(f"{self.url}/.well-known/openid-configuration")
+        if discovery.get("issuer") != self.issuer:
+            raise ValueError(f"the discovery document names issuer {discovery.get('issuer')!r}, "
+                             f"not {self.issuer!r}")
+        jwks = self._get_json(self._reach(str(discovery["jwks_uri"])))
+        keys, algs = {}, {}
         for jwk in jwks.get("keys", []):
             try:
+                if jwk.get("use", "sig") != "sig" or jwk.get("kty") == "oct":
+                    continue  # an encryption key, or a shared secret: never a signing key
+                alg = jwk.get("alg")
+                if alg is not None and alg not in SIGNING_ALGORITHMS:
+                    log.warning("ignoring JWKS key %s: algorithm %r", jwk.get("kid"), alg)
+                    continue
                 keys[jwk["kid"]] = jwt.PyJWK(jwk).key
-            except (KeyError, jwt.PyJWKError) as exc:
+                if alg is not None:
+                    algs[jwk["kid"]] = str(alg)
+            except (KeyError, TypeError, AttributeError, jwt.PyJWKError) as exc:
                 log.warning("ignoring an unusable JWKS key: %s", exc)
-        return keys
+        return keys, algs
 
     async def key(self, kid: str) -> Any:
         now = time.monotonic()
@@ -132,7 +169,7 @@ class JwksCache:
             stale = time.monotonic() - self._fetched_at
             if (kid not in self._keys and stale >= self.min_refresh_s) or stale >= self.max_age_s:
                 try:
-                    self._keys = await asyncio.to_thread(self._fetch)
+                    self._keys, self._algs = await asyncio.to_thread(self._fetch)
                     self._fetched_at = time.monotonic()
                     self.fetches += 1
                 except (OSError, ValueError, KeyError) as exc:
@@ -159,9 +196,14 @@ class TokenValidator:
         if not isinstance(kid, str):
             raise TokenRejected("malformed", "token has no kid")
         key = await self.jwks.key(kid)
+        alg = header.get("alg")
+        allowed = algorithms_for(key, self.jwks.jwk_alg(kid))
+        if alg not in allowed:
+            raise TokenRejected("invalid", f"algorithm {alg!r} is not one key {kid!r} signs "
+                                           f"with ({', '.join(allowed) or 'none usable'})")
         try:
             claims = jwt.decode(
-                token, key, algorithms=["RS256", "ES256", "EdDSA"], audience=self.audience,
+                token, key, algorithms=[alg], audience=self.audience,
                 issuer=self.jwks.issuer, leeway=self.leeway_s,
                 options={"require": ["exp", "iat", "sub", "iss", "aud"]},
             )

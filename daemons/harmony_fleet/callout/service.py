@@ -21,9 +21,15 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from prometheus_client import Counter, Histogram
 
+from harmony_fleet.bus.connection import drain_subscription
+from harmony_fleet.contracts.identity import ADMIN_ROLES, DEVICE_ROLE, FLEET_ACCOUNT
+from harmony_fleet.errors import FleetError
+
+from .config import DEFAULT_MAX_USER_JWT_S
 from .nkjwt import NatsJwtError, NKeyPair, XKeyPair, decode_jwt, encode_jwt
 from .oidc import Identity, TokenRejected, TokenValidator
 from .permissions import admin_permissions, device_permissions, user_claims_nats
+from .revocations import RevocationCheck, RevocationUnknown
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +43,7 @@ LATENCY = Histogram("fleet_callout_seconds", "Time to answer an auth request",
                     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 2))
 
 
-class Denied(Exception):
+class Denied(FleetError):
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
@@ -45,10 +51,12 @@ class Denied(Exception):
 
 @dataclass(frozen=True)
 class CalloutPolicy:
-    target_account: str = "FLEET"
-    device_role: str = "fleet-device"
-    admin_roles: frozenset[str] = frozenset({"fleet-admin", "fleet-operator"})
-    max_user_jwt_s: int = 3600
+    """Who gets which permissions (from ``[callout]``; its defaults live there)."""
+
+    target_account: str = FLEET_ACCOUNT
+    device_role: str = DEVICE_ROLE
+    admin_roles: frozenset[str] = ADMIN_ROLES
+    max_user_jwt_s: int = DEFAULT_MAX_USER_JWT_S
 
 
 def user_permissions(identity: Identity, policy: CalloutPolicy) -> tuple[str, dict[str, Any]]:
@@ -66,9 +74,11 @@ def user_permissions(identity: Identity, policy: CalloutPolicy) -> tuple[str, di
 class CalloutService:
     def __init__(
         self, nc: NatsClient, issuer: NKeyPair, validator: TokenValidator,
-        policy: CalloutPolicy | None = None, xkey: XKeyPair | None = None,
+        policy: CalloutPolicy | None = None, xkey: XKeyPair | None = None, *,
+        revocations: RevocationCheck | None = None,
     ) -> None:
         self._nc = nc
+        self._revocations = revocations
         self._issuer = issuer
         self._validator = validator
         self.policy = policy or CalloutPolicy()
@@ -80,10 +90,13 @@ class CalloutService:
         await self._nc.flush()
         log.info("answering %s (queue %s)", AUTH_SUBJECT, QUEUE_GROUP)
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop taking auth requests; those already delivered are still answered (within
+        ``timeout``, while the connection is up): a client connecting right now gets its
+        answer instead of waiting for the server to give up on the callout."""
         if self._sub is not None:
-            await self._sub.unsubscribe()
-            self._sub = None
+            sub, self._sub = self._sub, None
+            await drain_subscription(self._nc, sub, timeout)
 
     async def _on_request(self, msg: Msg) -> None:
         started = time.perf_counter()
@@ -93,6 +106,19 @@ class CalloutService:
             log.exception("auth request handling failed")
             DECISIONS.labels(decision="deny", reason="internal").inc()
         LATENCY.observe(time.perf_counter() - started)
+
+    async def _refuse_revoked(self, device_id: str) -> None:
+        """:class:`Denied` if the device is revoked, or if that cannot be told (fail closed)."""
+        if self._revocations is None:
+            return
+        try:
+            revocation = await self._revocations.revocation(device_id)
+        except RevocationUnknown as exc:
+            raise Denied("revocation-check-failed", str(exc)) from exc
+        if revocation is not None:
+            why = f": {revocation.reason}" if revocation.reason else ""
+            raise Denied("revoked", f"device {device_id} is revoked since "
+                                    f"{revocation.revoked_at.isoformat()}{why}")
 
     async def _answer(self, msg: Msg) -> None:
         server_xkey = (msg.headers or {}).get("Nats-Server-Xkey")
@@ -127,6 +153,8 @@ class CalloutService:
             except TokenRejected as exc:
                 raise Denied(exc.reason, str(exc)) from exc
             name, permissions = user_permissions(identity, self.policy)
+            if identity.device_id is not None and name == identity.device_id:
+                await self._refuse_revoked(identity.device_id)
             expires = min(identity.expires_at, int(time.time()) + self.policy.max_user_jwt_s)
             user = {"sub": user_nkey, "aud": self.policy.target_account, "name": name,
                     "exp": expires, "nats": user_claims_nats(permissions)}

@@ -20,6 +20,8 @@ from typing import Annotated, Final, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError
 
+from harmony_fleet.errors import FleetError
+
 from .base import WireModel, validation_summary
 from .ids import DNS1123_LABEL_PATTERN, DeploymentToken, DeviceId, InvalidIdError, validate_device_id
 
@@ -56,7 +58,7 @@ class ErrorKind(StrEnum):
     INTERNAL = "Internal"
 
 
-class CommandSubjectError(ValueError):
+class CommandSubjectError(FleetError, ValueError):
     """A subject is not ``device-commands.<device>.<verb>``."""
 
 
@@ -159,7 +161,7 @@ class CancelReply(WireModel):
     cancelled: bool
 
 
-class ReplyDecodeError(ValueError):
+class ReplyDecodeError(FleetError, ValueError):
     """A reply is neither the expected model nor an :class:`ErrorReply`."""
 
 

@@ -6,8 +6,10 @@ validation), kept in ``manifests/crds/`` and checked for staleness by the test s
 (regenerate with ``fleet crds --write``).
 
 * ``Deployment`` (namespaced, short name ``fleetdep``): ``spec.targetSelector`` (a Kubernetes
-  LabelSelector), ``spec.score`` (:class:`~.score.PodmanScore`, snake_case like on the wire),
-  ``spec.rollout``; ``status.aggregate`` plus conditions and ``observedGeneration``.
+  LabelSelector), ``spec.score`` (:class:`~.score.ScoreTemplate`, snake_case like on the wire),
+  ``spec.secrets`` (values from Kubernetes Secrets of the same namespace, which the operator
+  seals per device), ``spec.rollout`` (:class:`Rollout`); ``status.aggregate``,
+  ``status.rollout`` (:class:`RolloutStatus`), conditions and ``observedGeneration``.
 * ``Device`` (cluster-scoped, short name ``fleetdev``): created by the operator from
   ``device-info``; labels are the agent's routing labels; ``spec.inventory``;
   ``status.online`` / ``lastSeen`` / ``agentVersion``.
@@ -20,13 +22,26 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+
+from harmony_fleet.errors import FleetError
 
 from .ids import DNS1123_LABEL_MAX, DNS1123_LABEL_PATTERN
 from .info import Inventory, validate_label_key, validate_label_value
-from .score import PodmanScore
+from .score import ScoreTemplate, SecretName
 
+_DNS1123_SUBDOMAIN_PATTERN: Final = (
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+)
 GROUP: Final = "fleet.nationtech.io"
 VERSION: Final = "v1alpha1"
 API_VERSION: Final = f"{GROUP}/{VERSION}"
@@ -90,18 +105,131 @@ class LabelSelector(K8sModel):
 
 class RolloutStrategy(StrEnum):
     ALL_AT_ONCE = "AllAtOnce"
+    BATCHED = "Batched"
+
+
+#: ``x-kubernetes-validations`` of ``spec.rollout`` (the API server's CEL; pydantic checks the
+#: same rules in :meth:`Rollout._batched_needs_one_size`).
+_ROLLOUT_RULES = [
+    {"rule": "self.strategy != 'Batched' || (has(self.batchSize) != has(self.batchPercent))",
+     "message": "a Batched rollout takes exactly one of batchSize and batchPercent"},
+    {"rule": "self.strategy == 'Batched' || (!has(self.batchSize) && !has(self.batchPercent) "
+             "&& !has(self.successThreshold) && !has(self.maxUnavailable) "
+             "&& !has(self.maxFailures) && !has(self.batchTimeoutSeconds))",
+     "message": "batchSize, batchPercent, successThreshold, maxUnavailable, maxFailures and "
+                "batchTimeoutSeconds need strategy: Batched"},
+]
+
+
+def _rollout_schema(schema: dict[str, Any]) -> None:
+    """Optional fields are absent, never null (the CEL rules test presence), and ``paused``
+    gets no server-side default (resources read back as they were written)."""
+    for prop in schema.get("properties", {}).values():
+        options = prop.pop("anyOf", None)
+        if options is not None:
+            prop.update(next(o for o in options if o != {"type": "null"}))
+            if prop.get("default", ...) is None:
+                del prop["default"]
+    schema["properties"]["paused"].pop("default", None)
+    schema["x-kubernetes-validations"] = _ROLLOUT_RULES
 
 
 class Rollout(K8sModel):
-    """How desired state reaches the matched devices. Only ``AllAtOnce`` exists today."""
+    """How desired state reaches the matched devices.
+
+    ``AllAtOnce`` gives every matching device the score at once. ``Batched`` gives it to one
+    batch at a time (``batchSize`` devices, or ``batchPercent`` % of the matching devices,
+    rounded up); the next batch starts once every device of the current one has reported
+    (``Running`` or ``Failed``) and at least ``successThreshold`` % of it runs. At most
+    ``maxUnavailable`` devices are updating at once (default: the batch size). More than
+    ``maxFailures`` failed devices (default 0: the first failure) pause the rollout at once.
+    ``paused: true`` holds it where it is; a rollout the operator paused resumes when the
+    annotation ``fleet.nationtech.io/resume-rollout`` takes a new value. With
+    ``batchTimeoutSeconds`` a batch ends that long after it started: its devices that have not
+    reported by then time out and count as failed (an offline device never holds a rollout
+    forever).
+    """
+
+    model_config = ConfigDict(json_schema_extra=_rollout_schema)
 
     strategy: RolloutStrategy = RolloutStrategy.ALL_AT_ONCE
+    batch_size: int | None = Field(default=None, ge=1, le=1_000_000,
+                                   description="devices per batch (Batched)")
+    batch_percent: int | None = Field(default=None, ge=1, le=100,
+                                      description="percent of the matching devices per batch, "
+                                      "rounded up (Batched)")
+    success_threshold: int | None = Field(default=None, ge=0, le=100,
+                                          description="percent of a batch that must run before "
+                                          "the next batch starts (default 100)")
+    max_unavailable: int | None = Field(default=None, ge=1, le=1_000_000,
+                                        description="at most this many devices updating at once "
+                                        "(default: the batch size)")
+    max_failures: int | None = Field(default=None, ge=0, le=1_000_000,
+                                     description="failed devices tolerated before the rollout "
+                                     "pauses (default 0)")
+    batch_timeout_seconds: int | None = Field(
+        default=None, ge=1, le=2_592_000,
+        description="a batch ends this long after it started (1 s to 30 days); its devices "
+        "that have not reported by then time out and count as failed (default: no timeout)")
+    paused: bool = Field(default=False, description="hold the rollout where it is")
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # added after v1alpha1 shipped: an AllAtOnce rollout reads back as it was written
+        data: dict[str, Any] = handler(self)
+        return {k: v for k, v in data.items()
+                if v is not None and not (k == "paused" and v is False)}
+
+    @model_validator(mode="after")
+    def _batched_needs_one_size(self) -> Rollout:
+        if self.strategy is RolloutStrategy.BATCHED:
+            if (self.batch_size is None) == (self.batch_percent is None):
+                raise ValueError(_ROLLOUT_RULES[0]["message"])
+        elif any(v is not None for v in (self.batch_size, self.batch_percent,
+                                         self.success_threshold, self.max_unavailable,
+                                         self.max_failures, self.batch_timeout_seconds)):
+            raise ValueError(_ROLLOUT_RULES[1]["message"])
+        return self
+
+
+class SecretKeySelector(K8sModel):
+    """A key of a Kubernetes Secret in the Deployment's namespace (as in a Pod's env)."""
+
+    name: str = Field(min_length=1, max_length=253, pattern=_DNS1123_SUBDOMAIN_PATTERN,
+                      description="name of the Secret")
+    key: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z0-9]+$",
+                     description="key in the Secret's data")
+
+
+class DeploymentSecret(K8sModel):
+    """A secret of the score, read from a Kubernetes Secret and sealed to each target device."""
+
+    name: SecretName
+    secret_key_ref: SecretKeySelector
 
 
 class DeploymentSpec(K8sModel):
     target_selector: LabelSelector
-    score: PodmanScore
+    score: ScoreTemplate
+    secrets: list[DeploymentSecret] = Field(default_factory=list, max_length=64)
     rollout: Rollout = Field(default_factory=Rollout)
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_secrets(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # added after v1alpha1 shipped: resources without secrets read back as they were written
+        data: dict[str, Any] = handler(self)
+        if not data.get("secrets"):
+            data.pop("secrets", None)
+        return data
+
+    @model_validator(mode="after")
+    def _secrets_resolve(self) -> DeploymentSpec:
+        names = [s.name for s in self.secrets]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"secret {duplicates[0]!r} is defined more than once")
+        self.score.check_references(names)
+        return self
 
 
 class Aggregate(K8sModel):
@@ -110,6 +238,47 @@ class Aggregate(K8sModel):
     failed: int = Field(default=0, ge=0)
     pending: int = Field(default=0, ge=0)
     last_error: str | None = None
+
+
+class RolloutStatus(K8sModel):
+    """``status.rollout``: where the rollout of the current score stands.
+
+    Counts are devices. ``updated`` hold the current score; of the current batch,
+    ``batchUpdated`` were given it and ``batchSucceeded`` / ``batchFailed`` / ``batchPending``
+    say what they reported. ``failingDevices`` names failed devices (at most 20);
+    ``timedOutDevices`` every device that timed out (``batchTimeoutSeconds``) and is still
+    silent, ``timedOut`` how many. The ``batchStart*``, ``acknowledgedFailures``,
+    ``acceptedBatch``, ``timedOutBatch`` and ``resumeToken`` fields are the operator's
+    bookkeeping (so a new leader goes on where the last one stopped).
+    """
+
+    strategy: RolloutStrategy = RolloutStrategy.ALL_AT_ONCE
+    revision: str = Field(default="", description="hash of the score being rolled out")
+    phase: Literal["Progressing", "Paused", "Complete"] = "Progressing"
+    current_batch: int = Field(default=0, ge=0, description="1-based; 0: not started")
+    total_batches: int = Field(default=0, ge=0,
+                               description="with the devices matching now")
+    batch_size: int = Field(default=0, ge=0)
+    batch_updated: int = Field(default=0, ge=0)
+    batch_succeeded: int = Field(default=0, ge=0)
+    batch_failed: int = Field(default=0, ge=0)
+    batch_pending: int = Field(default=0, ge=0)
+    updated: int = Field(default=0, ge=0, description="devices holding the current score")
+    pause_reason: str | None = Field(
+        default=None, description="PausedBySpec, FailureThresholdExceeded or "
+        "BatchBelowSuccessThreshold")
+    message: str = ""
+    failing_devices: list[str] = Field(default_factory=list, max_length=20)
+    batch_start_updated: int = Field(default=0, ge=0)
+    batch_start_failed: int = Field(default=0, ge=0)
+    acknowledged_failures: int = Field(default=0, ge=0)
+    accepted_batch: int = Field(default=0, ge=0)
+    resume_token: str | None = None
+    batch_started_at: datetime | None = Field(
+        default=None, description="when the current batch started (its timeout runs from it)")
+    timed_out: int = Field(default=0, ge=0, description="devices timed out and still silent")
+    timed_out_devices: list[str] = Field(default_factory=list)
+    timed_out_batch: int = Field(default=0, ge=0)
 
 
 class Condition(K8sModel):
@@ -123,8 +292,17 @@ class Condition(K8sModel):
 
 class DeploymentStatus(K8sModel):
     aggregate: Aggregate = Field(default_factory=Aggregate)
+    rollout: RolloutStatus | None = None
     conditions: list[Condition] = Field(default_factory=list)
     observed_generation: int | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_no_rollout(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # added after v1alpha1 shipped: statuses without a rollout read back as written
+        data: dict[str, Any] = handler(self)
+        if data.get("rollout") is None:
+            data.pop("rollout", None)
+        return data
 
 
 class DeviceSpec(K8sModel):
@@ -156,7 +334,7 @@ class Device(K8sModel):
 # --------------------------------------------------------------------------- CRD rendering
 
 
-class SchemaConversionError(ValueError):
+class SchemaConversionError(FleetError, ValueError):
     """A pydantic schema construct has no structural OpenAPI v3 equivalent."""
 
 
@@ -289,6 +467,13 @@ def crd_manifests() -> dict[str, dict[str, Any]]:
             {"name": "Succeeded", "type": "integer", "jsonPath": ".status.aggregate.succeeded"},
             {"name": "Failed", "type": "integer", "jsonPath": ".status.aggregate.failed"},
             {"name": "Pending", "type": "integer", "jsonPath": ".status.aggregate.pending"},
+            # the Ready condition the operator sets (True: every matched device runs the spec)
+            {"name": "Ready", "type": "string",
+             "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+            {"name": "Batch", "type": "integer", "jsonPath": ".status.rollout.currentBatch",
+             "priority": 1},
+            {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase",
+             "priority": 1},
             {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         ],
     )

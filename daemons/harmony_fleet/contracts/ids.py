@@ -18,6 +18,8 @@ from typing import Annotated
 
 from pydantic import AfterValidator, WithJsonSchema
 
+from harmony_fleet.errors import InvalidInput
+
 DNS1123_LABEL_MAX = 63
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS1123_LABEL_PATTERN = _DNS1123_LABEL.pattern
@@ -28,7 +30,7 @@ DEPLOYMENT_TOKEN_MAX = 2 * DNS1123_LABEL_MAX + 1
 NAMESPACE_SEPARATOR = "_"
 
 
-class InvalidIdError(ValueError):
+class InvalidIdError(InvalidInput):
     """An identifier cannot be used on the wire; the message says which rule it breaks."""
 
 

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Final
 
 from pydantic import AfterValidator, Field
 
 from .base import UtcDatetime, WireModel
 from .ids import DeviceId
+from .sealing import validate_public_key
+
+#: A device whose last heartbeat is older than this (seconds) is offline: the operator's
+#: Device status, the inventory plugin and the Ansible modules all judge liveness by it. The
+#: same span as a device's lease (reports.DEFAULT_DEVICE_LEASE_S): three missed heartbeats at the
+#: agent's default interval of 10 s, and the moment another agent may take the device id over.
+DEFAULT_OFFLINE_AFTER_S: Final = 30.0
+
+#: Longest agent instance id: ``<boot id>:<random hex>``.
+AGENT_INSTANCE_MAX = 80
 
 # Kubernetes label syntax: labels become the Device CR's metadata.labels.
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
@@ -44,6 +54,7 @@ def validate_labels(labels: dict[str, str]) -> dict[str, str]:
 
 
 Labels = Annotated[dict[str, str], AfterValidator(validate_labels)]
+SealingKey = Annotated[str, Field(max_length=64), AfterValidator(validate_public_key)]
 
 
 class Inventory(WireModel):
@@ -64,6 +75,11 @@ class DeviceInfo(WireModel):
     runtime_enabled: bool = True
     started_at: UtcDatetime
     updated_at: UtcDatetime
+    sealing_key: SealingKey | None = Field(
+        default=None,
+        description="X25519 public key (base64url) that secrets for this device are sealed to; "
+        "absent from agents that predate secrets and from agents without a runtime",
+    )
 
 
 class Heartbeat(WireModel):
@@ -71,3 +87,7 @@ class Heartbeat(WireModel):
     timestamp: UtcDatetime
     uptime_s: int = Field(ge=0)
     agent_version: str
+    instance_id: str | None = Field(
+        default=None, max_length=AGENT_INSTANCE_MAX,
+        description="the agent process that sent it (see contracts.reports.HDR_AGENT_INSTANCE)",
+    )

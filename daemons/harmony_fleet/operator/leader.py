@@ -9,13 +9,14 @@ replica may take over (``duration_s`` after the last renewal).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from prometheus_client import Gauge
+
+from harmony_fleet.daemon import first_of
 
 from .kube import Conflict, KubeClient, KubeError, lease_path
 
@@ -84,7 +85,7 @@ class LeaseElector:
         now = datetime.now(UTC)
         path = lease_path(self.namespace, self.name)
         try:
-            lease = await self.client.get(path)
+            lease = await self.client.get(path, retry=False)
             action = decide(lease, self.identity, now)
             spec = {"holderIdentity": self.identity, "leaseDurationSeconds": self.duration_s,
                     "renewTime": _micro(now)}
@@ -93,7 +94,7 @@ class LeaseElector:
                     "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.name, "namespace": self.namespace},
                     "spec": {**spec, "acquireTime": _micro(now)},
-                })
+                }, retry=False)
             elif action in (Action.RENEW, Action.ACQUIRE):
                 assert lease is not None
                 body = {**lease, "spec": {**(lease.get("spec") or {}), **spec}}
@@ -101,7 +102,7 @@ class LeaseElector:
                     body["spec"]["acquireTime"] = _micro(now)
                     body["spec"]["leaseTransitions"] = int(
                         (lease.get("spec") or {}).get("leaseTransitions") or 0) + 1
-                await self.client.replace(path, body)  # resourceVersion: optimistic
+                await self.client.replace(path, body, retry=False)  # resourceVersion: optimistic
             self._set(action is not Action.FOLLOW)
         except Conflict:
             self._set(False)  # someone else won this round
@@ -114,8 +115,7 @@ class LeaseElector:
         try:
             while not stop.is_set():
                 await self.step()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.renew_s)
+                await first_of(stop, timeout=self.renew_s)
         finally:
             if self.is_leader:
                 await self.release()
@@ -125,10 +125,10 @@ class LeaseElector:
         """Give the lease up on shutdown so another replica takes over at once."""
         path = lease_path(self.namespace, self.name)
         try:
-            lease = await self.client.get(path)
+            lease = await self.client.get(path, retry=False)
             if lease is not None and (lease.get("spec") or {}).get("holderIdentity") == \
                     self.identity:
                 body = {**lease, "spec": {**lease["spec"], "holderIdentity": ""}}
-                await self.client.replace(path, body)
+                await self.client.replace(path, body, retry=False)
         except (KubeError, OSError, TimeoutError) as exc:
             log.warning("could not release lease %s/%s: %s", self.namespace, self.name, exc)

@@ -5,25 +5,39 @@ Example ``/etc/fleet-operator/config.toml`` (env ``FLEET_OPERATOR_<SECTION>__<FI
     [operator]
     namespaces = []                 # empty: every namespace (cluster-wide)
     lease_namespace = "harmony-fleet"
-    offline_after_s = 60
+    offline_after_s = 30            # no heartbeat for this long: Device status.online false
     probe_listen = "0.0.0.0:8080"   # /healthz (kopf liveness, includes "leader")
 
     [kube]                          # omit in a pod: the service account is used
     server = "https://127.0.0.1:6443"
     token_file = "/path/to/token"
     ca_file = "/path/to/ca.crt"
+    # or, instead of server/token_file/ca_file (KUBECONFIG and ~/.kube/config work too):
+    # kubeconfig = "/etc/fleet-operator/kubeconfig"   # tokens, client certs, exec plugins
+    # context = "prod"                                # default: its current-context
 
     [nats]
     urls = ["nats://nats.harmony-fleet:4222"]
+    # tls_ca_file = "/etc/fleet-operator/ca.pem"   # TLS (and tls:// URLs); see the README
     auth = { mode = "zitadel", issuer = "https://zitadel.example.net",
              key_file = "/etc/fleet-operator/zitadel-key.json", project_id = "2547..." }
+
+    [dashboard]                     # the web dashboard: no listener unless listen is set
+    listen = "0.0.0.0:18080"
+    external_url = "https://fleet.example.net"   # the login's redirect URI, Secure cookies
+    offline_after_s = 30
+    [dashboard.oidc]                # login: authorization code + PKCE, an allowed role
+    issuer = "https://zitadel.example.net"
+    client_id = "2547...@fleet"     # the dashboard's web application in the project
+    project_id = "2547..."
+    allowed_roles = ["fleet-admin", "fleet-operator"]
+    # auth = "off" instead of [dashboard.oidc]: no login, accepted on a loopback address only
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sys
 import threading
 from collections.abc import Callable
@@ -31,53 +45,21 @@ from pathlib import Path
 from typing import Any
 
 import kopf
-from pydantic import Field
-from pydantic_settings import SettingsConfigDict
 
 from harmony_fleet.bus import connect, drain, provider_from_settings
 from harmony_fleet.bus.connection import keep_authenticated
-from harmony_fleet.bus.settings import NatsSettings
-from harmony_fleet.config import DaemonConfig, Section, daemon_main
-from harmony_fleet.daemon import supervise
+from harmony_fleet.config import ConfigError, daemon_main
+from harmony_fleet.contracts.crd import DEPLOYMENT_FINALIZER, GROUP
+from harmony_fleet.daemon import DaemonExit, supervise
 
-from .app import FleetOperator, OperatorSettings
+from .app import FleetOperator
+from .config import OperatorConfig, OperatorSection
+from .dashboard import dashboard_task
 from .kube import KubeClient, KubeTarget
+from .kubeconfig import KubeconfigError
 
 log = logging.getLogger("harmony_fleet.operator")
 DEFAULT_CONFIG = Path("/etc/fleet-operator/config.toml")
-
-
-class OperatorSection(Section):
-    namespaces: list[str] = Field(default_factory=list)
-    lease_namespace: str = "harmony-fleet"
-    lease_name: str = "fleet-operator"
-    identity: str = Field(default_factory=socket.gethostname)
-    offline_after_s: float = Field(default=60, gt=0)
-    probe_listen: str | None = Field(default="0.0.0.0:8080", pattern=r"^[^:]*:\d+$")
-    device_resources: bool = Field(default=True, description="mirror devices as Device CRs")
-
-
-class KubeSection(Section):
-    server: str | None = None
-    token_file: Path | None = None
-    ca_file: Path | None = None
-    insecure: bool = False
-
-    def target(self) -> KubeTarget:
-        if self.server is None:
-            return KubeTarget.in_cluster()
-        token = self.token_file.read_text(encoding="utf-8").strip() if self.token_file else None
-        return KubeTarget(self.server, token, self.ca_file, self.insecure)
-
-
-class OperatorConfig(DaemonConfig):
-    operator: OperatorSection = Field(default_factory=OperatorSection)
-    kube: KubeSection = Field(default_factory=KubeSection)
-    nats: NatsSettings = Field(default_factory=NatsSettings)
-
-    model_config = SettingsConfigDict(
-        env_prefix="FLEET_OPERATOR_", env_nested_delimiter="__", extra="forbid"
-    )
 
 
 def build_registry(operator: FleetOperator, target: KubeTarget,
@@ -85,20 +67,30 @@ def build_registry(operator: FleetOperator, target: KubeTarget,
     registry = kopf.OperatorRegistry()
     operator.register(registry)
 
+    handed: list[str | None] = []
+
     @kopf.on.login(registry=registry)
     def login(**_: Any) -> kopf.ConnectionInfo:
+        # kopf logs in again on a 401 and once ``expiration`` (an exec plugin's) has passed;
+        # asked again while the plugin's token it has is still unexpired means a 401 (revoked,
+        # or expired early): run the plugin again rather than hand kopf the same token
+        token, expiration = target.token_and_expiry()
+        if target.exec_plugin is not None and handed and token == handed[-1]:
+            token, expiration = target.token_and_expiry(refresh=True)
+        handed[:] = [token]
         return kopf.ConnectionInfo(
-            server=target.server, token=target.token, insecure=target.insecure,
+            server=target.server, token=token, insecure=target.insecure,
             ca_path=str(target.ca_file) if target.ca_file else None,
+            certificate_path=str(target.cert_file) if target.cert_file else None,
+            private_key_path=str(target.key_file) if target.key_file else None,
+            expiration=expiration,
         )
 
     @kopf.on.startup(registry=registry)
     def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.persistence.finalizer = "fleet.nationtech.io/desired-state-cleanup"
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-            prefix="fleet.nationtech.io")
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-            prefix="fleet.nationtech.io")
+        settings.persistence.finalizer = DEPLOYMENT_FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=GROUP)
         for key, value in (tune or {}).items():
             section, _sep, name = key.partition(".")
             setattr(getattr(settings, section), name, value)
@@ -108,21 +100,23 @@ def build_registry(operator: FleetOperator, target: KubeTarget,
 
 async def run_operator(
     config: OperatorConfig, stop: asyncio.Event, *, target: KubeTarget | None = None,
-    settings: OperatorSettings | None = None, kopf_tune: dict[str, Any] | None = None,
+    settings: OperatorSection | None = None, kopf_tune: dict[str, Any] | None = None,
     started: asyncio.Event | None = None, holder: list[FleetOperator] | None = None,
 ) -> None:
     """Run until ``stop``: NATS views, the elector, the writers, and kopf."""
     target = target or config.kube.target()
     credentials = provider_from_settings(config.nats.auth)
-    nc = await connect(config.nats, name="fleet-operator", credentials=credentials, stop=stop)
+    watching: list[FleetOperator] = []
+
+    async def reconnected() -> None:
+        for each in watching:
+            each.reconnected()
+
+    nc = await connect(config.nats, name="fleet-operator", credentials=credentials, stop=stop,
+                       reconnected_cb=reconnected)
     kube = KubeClient(target)
-    op_settings = settings or OperatorSettings(
-        lease_namespace=config.operator.lease_namespace,
-        lease_name=config.operator.lease_name, identity=config.operator.identity,
-        offline_after_s=config.operator.offline_after_s,
-        device_resources=config.operator.device_resources,
-    )
-    operator = FleetOperator(nc, kube, op_settings)
+    operator = FleetOperator(nc, kube, settings or config.operator)
+    watching.append(operator)
     if holder is not None:
         holder.append(operator)
     registry = build_registry(operator, target, kopf_tune)
@@ -144,6 +138,7 @@ async def run_operator(
             # token credentials: refresh, and re-authenticate before the NATS user JWT expires
             "credentials": keep_authenticated(nc, credentials, stop),
             **operator.tasks(stop),
+            **dashboard_task(operator, config.dashboard, stop),
         }, stop, shutdown_timeout=15)
     finally:
         await asyncio.to_thread(kopf_thread.stop)
@@ -180,12 +175,33 @@ class KopfThread(threading.Thread):
         self.join(timeout)
 
 
+class KubeCredentialsError(DaemonExit):
+    """No usable Kubernetes API target: exit 2 with the reason, before anything starts."""
+
+    exit_code = 2
+
+
 def main(argv: list[str] | None = None) -> int:
     async def _run(config: OperatorConfig, stop: asyncio.Event) -> None:
-        await run_operator(config, stop)
+        try:
+            target = config.kube.target()
+        except KubeconfigError as exc:
+            raise KubeCredentialsError(f"[kube]: {exc}") from None
+        await run_operator(config, stop, target=target)
+
+    def _check(config: OperatorConfig) -> list[str]:
+        try:
+            config.kube.target()
+        except KubeconfigError as exc:
+            if config.kube.kubeconfig is not None or config.kube.context is not None:
+                raise ConfigError(f"[kube]: {exc}") from None
+            # nothing named: the file may be meant for a pod, checked elsewhere
+            return [f"[kube]: here: {exc}"]
+        return []
 
     return daemon_main(argv, prog="fleet-operator", description=__doc__.splitlines()[0],
-                       config_cls=OperatorConfig, default_config=DEFAULT_CONFIG, run=_run)
+                       config_cls=OperatorConfig, default_config=DEFAULT_CONFIG, run=_run,
+                       check=_check)
 
 
 if __name__ == "__main__":
