@@ -394,6 +394,16 @@ async def _stack_up(args: argparse.Namespace) -> int:
     note = await asyncio.to_thread(clear_stale_state, state_file)
     if note:
         _say(note)
+    stop = asyncio.Event()
+    if not args.keep:
+        # a foreground stack stops on Ctrl-C, a kill or SIGHUP (the terminal was closed; its
+        # processes would go anyway, being bound to this one, but this way they stop in order
+        # and the state file goes too). Taken from before the start: a signal while it starts
+        # (the state file is already there) tears it down once it is up, instead of killing
+        # this process halfway
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, stop.set)
     started = time.monotonic()
     stack = await LocalStack.up(
         devices=args.devices,
@@ -423,12 +433,6 @@ async def _stack_up(args: argparse.Namespace) -> int:
         _print_stack(state, state_file, elapsed, args.keep)
     if args.keep:
         return 0
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # SIGHUP: the terminal was closed. The stack's processes would go anyway (they are bound
-    # to this one), but this way they stop in order and the state file goes too.
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone: stop anyway
         print("\ntearing the stack down ...", file=sys.stderr, flush=True)

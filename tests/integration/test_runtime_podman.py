@@ -24,6 +24,7 @@ from harmony_fleet.agent.runtime import (
     Userns,
 )
 from harmony_fleet.localstack.stack import remove_device_containers
+from harmony_fleet_harness.chaos import remove_container
 
 pytestmark = pytest.mark.podman
 
@@ -67,7 +68,7 @@ async def test_actions_by_id_never_reach_a_newer_container_of_the_same_name(
     [listed] = await rt.list_managed(device_labels(device_id))
     assert listed.id == first
     # meanwhile the name is taken by another container (a recreate the listing does not know)
-    await asyncio.to_thread(podman, "rm", "--force", "--time", "0", first)
+    await asyncio.to_thread(remove_container, first)  # podman's own rm, again if podman fails
     second = await rt.create(web)
     assert second != first
 

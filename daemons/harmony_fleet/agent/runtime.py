@@ -512,25 +512,34 @@ class PodmanRuntime:
         docs = json.loads(result.stdout or b"[]")
         infos = [_info_from_ps(doc) for doc in docs]
         # podman 4.3's ps has no restart count ("Restarts" is null): a service podman restarted
-        # would look as if nothing had happened, so ask inspect (one call for all of them)
+        # would look as if nothing had happened, so ask inspect (one call for all of them). The
+        # state and exit code are taken from that same inspect: ps and inspect are two reads, and
+        # a restart by podman between them (the count already up, the state still "running"
+        # from before the crash) would be reported as a finished restart
         unknown = [info.id for info, doc in zip(infos, docs, strict=True)
                    if doc.get("Restarts") is None]
         if unknown:
-            counts = await self._restart_counts(unknown)
-            infos = [dataclasses.replace(info, restart_count=counts[info.id])
-                     if info.id in counts else info for info in infos]
+            fresh = await self._states(unknown)
+            infos = [dataclasses.replace(info, **fresh[info.id]) if info.id in fresh else info
+                     for info in infos]
         return infos
 
-    async def _restart_counts(self, containers: Sequence[str]) -> dict[str, int]:
-        """Container id -> podman's restart count (containers gone meanwhile are left out)."""
+    async def _states(self, containers: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Container id -> its state, exit code and podman's restart count, read at once
+        (containers gone meanwhile are left out)."""
         result = await self._run("container", "inspect", "--format",
-                                 "{{.Id}} {{.RestartCount}}", *containers, check=False)
-        counts = {}
+                                 "{{.Id}} {{.State.Status}} {{.State.ExitCode}} {{.RestartCount}}",
+                                 *containers, check=False)
+        states: dict[str, dict[str, Any]] = {}
         for line in result.stdout.decode("utf-8", "replace").splitlines():
-            container, _sep, count = line.strip().partition(" ")
-            if count.isdigit():
-                counts[container] = int(count)
-        return counts
+            fields = line.split()
+            if len(fields) != 4 or not fields[3].isdigit():
+                continue
+            container, state, exit_code, count = fields
+            states[container] = {
+                "state": state.lower(), "restart_count": int(count),
+                "exit_code": int(exit_code) if exit_code.lstrip("-").isdigit() else None}
+        return states
 
     async def logs(
         self, container: str, *, tail: int | None = None, since: str | None = None,
