@@ -32,6 +32,7 @@ from harmony_fleet.bus.tokens import (
     TokenError,
     ZitadelTokenProvider,
     exchange,
+    usable_lifetime,
 )
 
 from .strategies import PROPERTY
@@ -360,7 +361,8 @@ def test_exchange_request(key_file: Path, rsa_key: rsa.RSAPrivateKey,
     before = time.time()
     token = exchange(settings, MachineKey.load(key_file))
     assert token.value == "at-1"
-    assert token.expires_at - token.obtained_at == pytest.approx(3600)
+    # expiry times are whole seconds: an issuer rounding down ends it up to 1 s earlier
+    assert token.expires_at - token.obtained_at == pytest.approx(3599)
     assert before <= token.obtained_at <= time.time()
     (request,) = fake.requests
     assert request.full_url == f"{ISSUER}/oauth/v2/token"
@@ -375,6 +377,23 @@ def test_exchange_request(key_file: Path, rsa_key: rsa.RSAPrivateKey,
     claims = jwt.decode(form["assertion"], rsa_key.public_key(), algorithms=["RS256"],
                         audience=ISSUER)
     assert claims["sub"] == "user-1"
+
+
+@pytest.mark.parametrize(("expires_in", "usable"), [(3600, 3599), (4, 3), (2, 1), (1, 0.5), (0.5, 0.25)])
+def test_an_expires_in_counts_one_second_less_or_half_of_a_short_one(
+        expires_in: float, usable: float) -> None:
+    assert usable_lifetime(expires_in) == usable
+
+
+def test_a_short_token_is_refreshed_before_an_issuer_rounding_down_ends_it(
+        key_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local issuer's (and Zitadel's) exp is int(now) + lifetime: up to 1 s before what
+    expires_in promises. A 4 s token is refreshed with at least 1.5 s left by its real exp."""
+    fake_urlopen(monkeypatch, {"access_token": "x", "expires_in": 4})
+    token = exchange(settings_for(key_file), MachineKey.load(key_file))
+    earliest_exp = int(token.obtained_at) + 4  # the issuer's clock read no earlier than ours
+    assert token.expires_at <= earliest_exp
+    assert earliest_exp - token.refresh_at(leeway_s=60) > 1.5
 
 
 def test_exchange_without_expires_in_reads_the_token(key_file: Path,

@@ -274,8 +274,9 @@ class Agent:
         if isinstance(exc, DeviceIdInUse):
             self._evicted(exc)
 
-    async def _close_link(self, link: _Link) -> None:
-        await link.server.stop(timeout=self.config.agent.shutdown_timeout_s / 2)
+    async def _close_link(self, link: _Link, *, handover: bool = False) -> None:
+        await link.server.stop(timeout=self.config.agent.shutdown_timeout_s / 2,
+                               handover=handover)
         await drain(link.nc, timeout=self.config.nats.drain_timeout_s)
 
     async def _connection(self, stop: asyncio.Event) -> None:
@@ -305,7 +306,7 @@ class Agent:
                 self._link = await self._open_link(stop)
                 self._watch_on(self._link, stop)
                 self._republish_info.set()
-                await self._close_link(link)
+                await self._close_link(link, handover=not link.closed.is_set())
         finally:
             if refresh_task is not None:
                 refresh_task.cancel()

@@ -18,7 +18,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from pydantic import BaseModel
 
-from harmony_fleet.bus.connection import drain_subscription
+from harmony_fleet.bus.connection import QUEUE_HANDOVER_S, drain_subscription
 from harmony_fleet.contracts import (
     HDR_DEADLINE,
     HDR_OPERATOR_SUB,
@@ -110,17 +110,20 @@ class CommandServer:
         await self._nc.flush()
         log.info("answering commands", extra={"device": self._device_id})
 
-    async def stop(self, timeout: float = 5.0) -> None:
+    async def stop(self, timeout: float = 5.0, *, handover: bool = False) -> None:
         """Stop taking requests; give running ones ``timeout`` seconds to finish.
 
         The subscription is drained, not dropped: requests the server already delivered to
-        this connection (during a move to a new one, both are in the queue group) are still
-        taken and answered."""
+        this connection are still taken and answered. ``handover``: the agent is moving to a
+        new connection, whose subscription is in the same queue group; requests the server
+        matched to this one just before it left are still answered here (a move must not
+        lose a command)."""
         if self._sub is not None:
             sub, self._sub = self._sub, None
             # bounded, and given up at once when the connection is lost (nothing delivered
             # could be answered then): a stop as nats-server goes must not wait out a timeout
-            await drain_subscription(self._nc, sub, timeout)
+            await drain_subscription(self._nc, sub, timeout,
+                                     handover_s=QUEUE_HANDOVER_S if handover else 0.0)
         if self._tasks:
             _finished, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:

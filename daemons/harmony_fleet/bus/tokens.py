@@ -200,7 +200,20 @@ def exchange(settings: ZitadelAuth, key: MachineKey) -> AccessToken:
             expires_in = float(claims["exp"]) - started
         except (KeyError, TypeError, ValueError) as exc:
             raise TokenError("the access token has neither expires_in nor an exp claim") from exc
+    else:
+        expires_in = usable_lifetime(expires_in)
     return AccessToken(token, started + expires_in, started)
+
+
+def usable_lifetime(expires_in: float) -> float:
+    """The part of an ``expires_in`` that can be counted on from before the request.
+
+    Expiry times are whole seconds (JWT NumericDate; the callout's NATS user JWT too): an
+    issuer that rounds its clock down (Zitadel does, so does the local issuer) ends the token
+    up to 1 s before ``started + expires_in``. With short tokens that second is most of the
+    margin a rollover has (measured: a 4 s token left an agent as little as 1 s to move to a new
+    connection before nats-server closed the old one)."""
+    return max(expires_in - 1.0, expires_in / 2)
 
 
 def check_key_file(settings: ZitadelAuth) -> list[str]:

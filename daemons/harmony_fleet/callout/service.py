@@ -21,7 +21,7 @@ from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
 from prometheus_client import Counter, Histogram
 
-from harmony_fleet.bus.connection import drain_subscription
+from harmony_fleet.bus.connection import QUEUE_HANDOVER_S, drain_subscription
 from harmony_fleet.contracts.identity import ADMIN_ROLES, DEVICE_ROLE, FLEET_ACCOUNT
 from harmony_fleet.errors import FleetError
 
@@ -96,7 +96,8 @@ class CalloutService:
         answer instead of waiting for the server to give up on the callout."""
         if self._sub is not None:
             sub, self._sub = self._sub, None
-            await drain_subscription(self._nc, sub, timeout)
+            # other replicas of the callout (a rolling update) take over the queue group
+            await drain_subscription(self._nc, sub, timeout, handover_s=QUEUE_HANDOVER_S)
 
     async def _on_request(self, msg: Msg) -> None:
         started = time.perf_counter()
