@@ -8,6 +8,10 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
+
+import nats.errors
+import pytest
 
 from harmony_fleet.bus import connect, drain
 from harmony_fleet.contracts import (
@@ -81,6 +85,66 @@ async def test_views_follow_a_restarted_server(tmp_path: Path) -> None:
         print(f"the operator's views followed {took:.2f}s after the restart")
         assert took < CONVERGED_WITHIN_S, took
         assert a in operator.view.infos
+        for task in tasks:
+            assert not task.done(), task
+        await drain(admin)
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if reader is not None:
+            await drain(reader)
+        await stack.down()
+
+
+async def test_views_outlive_failed_watches_and_buckets_made_late(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Started before the buckets exist (a fresh cluster: the bucket Job has not run yet),
+    and with the JetStream API timing out the first reads (what a cluster electing a new stream
+    leader answers): the views start their watches again until they work, and the tasks never
+    end (the operator used to stop on the first such error)."""
+    from harmony_fleet.bus import kv as kvmod
+    from harmony_fleet.operator import app as appmod
+
+    real_last_revision = kvmod.last_revision
+    timeouts = {"left": 3}
+
+    async def flaky_last_revision(*args: Any, **kwargs: Any) -> int | None:
+        if timeouts["left"] > 0:
+            timeouts["left"] -= 1
+            raise nats.errors.TimeoutError
+        return await real_last_revision(*args, **kwargs)
+
+    monkeypatch.setattr(kvmod, "last_revision", flaky_last_revision)
+    monkeypatch.setattr(appmod, "WATCH_RETRY_MAX_S", 0.5)
+    services = await asyncio.to_thread(start_services, tmp_path / "stack", auth="dev")
+    stack = LocalStack(tmp_path / "stack", services, owns_server=True)
+    stop = asyncio.Event()
+    tasks: list[asyncio.Task[None]] = []
+    reader = None
+    failures = appmod.WATCH_FAILURES.labels(bucket=BUCKET_DESIRED_STATE)
+    failed_before = failures._value.get()
+    try:
+        reader = await connect(stack.admin_settings(connect_attempts=3), name="operator-views")
+        operator = FleetOperator(reader, KubeClient(KubeTarget("https://127.0.0.1:1")))
+        for name, work in operator.tasks(stop).items():
+            if name.startswith("watch-"):
+                tasks.append(asyncio.create_task(work))
+            else:
+                work.close()
+        await asyncio.sleep(2)  # no bucket yet: the watches fail and wait
+        assert not operator._views_ready()
+        assert failures._value.get() > failed_before
+        await stack.ensure_buckets()
+        admin = await stack.admin_connect("operator-views-late")
+        device = unique_device_id("opv-late")
+        await SimulatedFleet(admin, {device: {"site": "x"}}).publish_info([device])
+        desired = await admin.jetstream().key_value(BUCKET_DESIRED_STATE)
+        await desired.put(desired_state_key(device, "ns_app"), b"{}")
+        took = await until(lambda: operator._views_ready() and device in operator.view.infos
+                           and desired_state_key(device, "ns_app") in operator.view.desired, 30)
+        print(f"\nviews ready {took:.2f}s after the buckets were made "
+              f"({failures._value.get() - failed_before:.0f} failed desired-state watches)")
+        assert timeouts["left"] == 0
         for task in tasks:
             assert not task.done(), task
         await drain(admin)

@@ -40,6 +40,7 @@ from pydantic import ValidationError
 
 from harmony_fleet.bus import FleetCommandsClient
 from harmony_fleet.bus.kv import KeyWatch
+from harmony_fleet.bus.retry import full_jitter_backoff
 from harmony_fleet.contracts import (
     BUCKET_DESIRED_STATE,
     BUCKET_DEVICE_HEARTBEAT,
@@ -113,6 +114,11 @@ STATUS_PATCHES = Counter("fleet_operator_status_patches_total", "Deployment stat
 DEVICE_WRITES = Counter("fleet_operator_device_writes_total", "Device CR writes", ["op"])
 PLAN_SECONDS = Histogram("fleet_operator_plan_seconds", "Time to plan and apply the diff")
 BAD_ENTRIES = Counter("fleet_operator_bad_entries_total", "KV entries skipped", ["bucket"])
+WATCH_FAILURES = Counter("fleet_operator_watch_failures_total",
+                         "Bucket watches that failed and were started again", ["bucket"])
+#: pauses before a failed bucket watch starts again (jittered, doubling up to the max)
+WATCH_RETRY_INITIAL_S = 0.5
+WATCH_RETRY_MAX_S = 10.0
 
 
 @dataclass
@@ -340,28 +346,50 @@ class FleetOperator:
         """Keep the view of ``bucket`` (``apply`` takes each key's value, None: gone; ``keys``
         lists the keys the view holds). After a reconnect the watch starts again; once its
         replay is through, keys it did not mention (their delete markers gone meanwhile) are
-        dropped from the view."""
+        dropped from the view. A watch that fails (a JetStream API timeout while a cluster
+        elects a new stream leader, a bucket not made yet) starts again after a pause: the
+        views are what the operator decides from, they must outlive the server's bad moments."""
         ready = self.view.ready.setdefault(bucket, asyncio.Event())
+        delays = full_jitter_backoff(WATCH_RETRY_INITIAL_S, 2.0, WATCH_RETRY_MAX_S)
         while not stop.is_set():
-            generation = self._watch_generation
-            replayed: set[str] | None = set() if ready.is_set() else None
-            async with KeyWatch(self.nc.jetstream(), bucket) as watch:
-                while not stop.is_set() and generation == self._watch_generation:
-                    try:
-                        entry = await watch.updates(timeout=1.0)
-                    except TimeoutError:
-                        continue
-                    if entry is None:
-                        if replayed is not None:
-                            for key in keys() - replayed:
-                                self._apply(bucket, apply, key, None)
-                            replayed = None
-                        ready.set()
-                        continue
+            try:
+                if await self._watch_session(bucket, apply, keys, ready, stop):
+                    delays = full_jitter_backoff(WATCH_RETRY_INITIAL_S, 2.0, WATCH_RETRY_MAX_S)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                WATCH_FAILURES.labels(bucket=bucket).inc()
+                delay = next(delays)
+                log.warning("watch of %s failed (%s: %s); starting it again in %.1fs", bucket,
+                            type(exc).__name__, exc, delay)
+                await first_of(stop, timeout=delay)
+
+    async def _watch_session(self, bucket: str, apply: Callable[[str, bytes | None], None],
+                             keys: Callable[[], set[str]], ready: asyncio.Event,
+                             stop: asyncio.Event) -> bool:
+        """One watch, until a reconnect asks for a new one (or stop); True once it caught up."""
+        generation = self._watch_generation
+        replayed: set[str] | None = set() if ready.is_set() else None
+        caught_up = False
+        async with KeyWatch(self.nc.jetstream(), bucket) as watch:
+            while not stop.is_set() and generation == self._watch_generation:
+                try:
+                    entry = await watch.updates(timeout=1.0)
+                except TimeoutError:
+                    continue
+                if entry is None:
                     if replayed is not None:
-                        replayed.add(entry.key)
-                    value = None if entry.operation in ("DEL", "PURGE") else entry.value
-                    self._apply(bucket, apply, entry.key, value)
+                        for key in keys() - replayed:
+                            self._apply(bucket, apply, key, None)
+                        replayed = None
+                    ready.set()
+                    caught_up = True
+                    continue
+                if replayed is not None:
+                    replayed.add(entry.key)
+                value = None if entry.operation in ("DEL", "PURGE") else entry.value
+                self._apply(bucket, apply, entry.key, value)
+        return caught_up
 
     @staticmethod
     def _apply(bucket: str, apply: Callable[[str, bytes | None], None], key: str,
