@@ -6,7 +6,9 @@ nats-py to notice its lost consumers (about 19 s before)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -41,18 +43,22 @@ async def until(check: object, timeout: float) -> float:
     return time.monotonic() - started
 
 
-async def test_views_follow_a_restarted_server(tmp_path: Path) -> None:
+@contextlib.asynccontextmanager
+async def operator_views(tmp_path: Path, *, buckets: bool = True
+                         ) -> AsyncIterator[tuple[LocalStack, FleetOperator, list[asyncio.Task[None]]]]:
+    """A stack of its own and an operator's bucket views on it (no lease, no writers), wired
+    as run_operator wires them (the connection's ``reconnected_cb``)."""
     services = await asyncio.to_thread(start_services, tmp_path / "stack", auth="dev")
     stack = LocalStack(tmp_path / "stack", services, owns_server=True)
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
     reader = None
     try:
-        await stack.ensure_buckets()
-        admin = await stack.admin_connect("operator-views-test")
+        if buckets:
+            await stack.ensure_buckets()
         operators: list[FleetOperator] = []
 
-        async def reconnected() -> None:  # as run_operator wires it
+        async def reconnected() -> None:
             for each in operators:
                 each.reconnected()
 
@@ -60,11 +66,25 @@ async def test_views_follow_a_restarted_server(tmp_path: Path) -> None:
                                reconnected_cb=reconnected)
         operator = FleetOperator(reader, KubeClient(KubeTarget("https://127.0.0.1:1")))
         operators.append(operator)
-        for name, work in operator.tasks(stop).items():  # the views only: no lease, no writers
+        for name, work in operator.tasks(stop).items():
             if name.startswith("watch-"):
                 tasks.append(asyncio.create_task(work))
             else:
                 work.close()
+        yield stack, operator, tasks
+        for task in tasks:
+            assert not task.done(), task
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if reader is not None:
+            await drain(reader)
+        await stack.down()
+
+
+async def test_views_follow_a_restarted_server(tmp_path: Path) -> None:
+    async with operator_views(tmp_path) as (stack, operator, _tasks):
+        admin = await stack.admin_connect("operator-views-test")
         a, b, c = (unique_device_id(f"opv-{n}") for n in "abc")
         fleet = SimulatedFleet(admin, {a: {"site": "x"}, b: {"site": "x"}, c: {"site": "y"}})
         await fleet.publish_info([a, b])
@@ -73,8 +93,8 @@ async def test_views_follow_a_restarted_server(tmp_path: Path) -> None:
         await until(lambda: {a, b} <= set(operator.view.infos)
                     and desired_state_key(a, "ns_app") in operator.view.desired, 20)
 
-        await kill_and_restart(services.server)
-        await until(lambda: admin.is_connected and reader.is_connected, 20)
+        await kill_and_restart(stack.services.server)
+        await until(lambda: admin.is_connected and operator.nc.is_connected, 20)
         # after the restart: a device goes, another comes, a key is deleted
         await fleet.publish_info([c])
         await desired.delete(desired_state_key(a, "ns_app"))
@@ -85,15 +105,7 @@ async def test_views_follow_a_restarted_server(tmp_path: Path) -> None:
         print(f"the operator's views followed {took:.2f}s after the restart")
         assert took < CONVERGED_WITHIN_S, took
         assert a in operator.view.infos
-        for task in tasks:
-            assert not task.done(), task
         await drain(admin)
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if reader is not None:
-            await drain(reader)
-        await stack.down()
 
 
 async def test_views_outlive_failed_watches_and_buckets_made_late(
@@ -116,21 +128,9 @@ async def test_views_outlive_failed_watches_and_buckets_made_late(
 
     monkeypatch.setattr(kvmod, "last_revision", flaky_last_revision)
     monkeypatch.setattr(appmod, "WATCH_RETRY_MAX_S", 0.5)
-    services = await asyncio.to_thread(start_services, tmp_path / "stack", auth="dev")
-    stack = LocalStack(tmp_path / "stack", services, owns_server=True)
-    stop = asyncio.Event()
-    tasks: list[asyncio.Task[None]] = []
-    reader = None
     failures = appmod.WATCH_FAILURES.labels(bucket=BUCKET_DESIRED_STATE)
     failed_before = failures._value.get()
-    try:
-        reader = await connect(stack.admin_settings(connect_attempts=3), name="operator-views")
-        operator = FleetOperator(reader, KubeClient(KubeTarget("https://127.0.0.1:1")))
-        for name, work in operator.tasks(stop).items():
-            if name.startswith("watch-"):
-                tasks.append(asyncio.create_task(work))
-            else:
-                work.close()
+    async with operator_views(tmp_path, buckets=False) as (stack, operator, _tasks):
         await asyncio.sleep(2)  # no bucket yet: the watches fail and wait
         assert not operator._views_ready()
         assert failures._value.get() > failed_before
@@ -145,12 +145,4 @@ async def test_views_outlive_failed_watches_and_buckets_made_late(
         print(f"\nviews ready {took:.2f}s after the buckets were made "
               f"({failures._value.get() - failed_before:.0f} failed desired-state watches)")
         assert timeouts["left"] == 0
-        for task in tasks:
-            assert not task.done(), task
         await drain(admin)
-    finally:
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if reader is not None:
-            await drain(reader)
-        await stack.down()
