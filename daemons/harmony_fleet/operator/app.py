@@ -351,10 +351,15 @@ class FleetOperator:
         views are what the operator decides from, they must outlive the server's bad moments."""
         ready = self.view.ready.setdefault(bucket, asyncio.Event())
         delays = full_jitter_backoff(WATCH_RETRY_INITIAL_S, 2.0, WATCH_RETRY_MAX_S)
+
+        def caught_up() -> None:  # a watch that worked: the next failure starts the pauses over
+            nonlocal delays
+            delays = full_jitter_backoff(WATCH_RETRY_INITIAL_S, 2.0, WATCH_RETRY_MAX_S)
+
         while not stop.is_set():
             try:
-                if await self._watch_session(bucket, apply, keys, ready, stop):
-                    delays = full_jitter_backoff(WATCH_RETRY_INITIAL_S, 2.0, WATCH_RETRY_MAX_S)
+                await self._watch_session(bucket, apply, keys, ready=ready, caught_up=caught_up,
+                                          stop=stop)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -365,12 +370,11 @@ class FleetOperator:
                 await first_of(stop, timeout=delay)
 
     async def _watch_session(self, bucket: str, apply: Callable[[str, bytes | None], None],
-                             keys: Callable[[], set[str]], ready: asyncio.Event,
-                             stop: asyncio.Event) -> bool:
-        """One watch, until a reconnect asks for a new one (or stop); True once it caught up."""
+                             keys: Callable[[], set[str]], *, ready: asyncio.Event,
+                             caught_up: Callable[[], None], stop: asyncio.Event) -> None:
+        """One watch, until a reconnect asks for a new one (or stop)."""
         generation = self._watch_generation
         replayed: set[str] | None = set() if ready.is_set() else None
-        caught_up = False
         async with KeyWatch(self.nc.jetstream(), bucket) as watch:
             while not stop.is_set() and generation == self._watch_generation:
                 try:
@@ -383,13 +387,12 @@ class FleetOperator:
                             self._apply(bucket, apply, key, None)
                         replayed = None
                     ready.set()
-                    caught_up = True
+                    caught_up()
                     continue
                 if replayed is not None:
                     replayed.add(entry.key)
                 value = None if entry.operation in ("DEL", "PURGE") else entry.value
                 self._apply(bucket, apply, entry.key, value)
-        return caught_up
 
     @staticmethod
     def _apply(bucket: str, apply: Callable[[str, bytes | None], None], key: str,
