@@ -7,6 +7,7 @@ listens: immediate), :class:`CommandTimeout`, :class:`BadReply`, :class:`Transpo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -15,6 +16,7 @@ from typing import TypeVar
 
 import nats.errors
 from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
 from pydantic import BaseModel
 
 from harmony_fleet.contracts import (
@@ -37,6 +39,33 @@ from harmony_fleet.contracts import (
 from harmony_fleet.errors import FleetError
 
 DEFAULT_TIMEOUT_S = 5.0
+#: How long a request that found no responder is tried again before the device counts as
+#: offline. "No responders" means the server delivered the request to nobody, so sending it
+#: again is safe for every verb; and for a moment it is also what a live device looks like
+#: while it moves to a connection with a fresh token (nats-server can match a request against
+#: the queue group as it was just before the move: the old member gone, the new one not yet
+#: seen by that match).
+NO_RESPONDERS_RETRY_S = 0.5
+
+
+async def request(nc: NatsClient, subject: str, payload: bytes, *, timeout: float,
+                  headers: dict[str, str] | None = None) -> Msg:
+    """``nc.request`` that sends again, for up to :data:`NO_RESPONDERS_RETRY_S` (and within
+    ``timeout``), while the server answers "no responders"; then raises
+    ``nats.errors.NoRespondersError`` as nats-py does."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    give_up = loop.time() + min(NO_RESPONDERS_RETRY_S, timeout)
+    pause = 0.05
+    while True:
+        try:
+            return await nc.request(subject, payload, timeout=max(0.0, deadline - loop.time()),
+                                    headers=headers)
+        except nats.errors.NoRespondersError:
+            if loop.time() + pause > give_up:
+                raise
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, 0.4)
 
 ReplyT = TypeVar("ReplyT", bound=BaseModel)
 
@@ -107,9 +136,8 @@ class FleetCommandsClient:
         subject = device_command_subject(device_id, verb)
         wait = self._timeout if timeout is None else timeout
         try:
-            msg = await self._nc.request(
-                subject, payload, timeout=wait, headers=self._headers(wait)
-            )
+            msg = await request(self._nc, subject, payload, timeout=wait,
+                                headers=self._headers(wait))
         except nats.errors.NoRespondersError as exc:
             raise DeviceOffline(device_id, f"device {device_id} is offline (no responders)") from exc
         except nats.errors.TimeoutError as exc:
